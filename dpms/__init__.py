@@ -1,0 +1,14 @@
+"""dpms — fast training-free ODE solvers for pretrained diffusion models, and FID benchmarks.
+
+    import dpms
+    schedule = dpms.NoiseSchedule.linear()
+    x0 = dpms.sample(noise_fn, schedule, x_T, solver="dpm3", nfe=10)
+"""
+
+from .errors import DpmsError
+from .model_wrapper import wrap_model
+from .sampler import SampleInfo, sample, solvers
+from .schedule import NoiseSchedule
+
+__version__ = "0.1.0"
+__all__ = ["NoiseSchedule", "wrap_model", "sample", "solvers", "SampleInfo", "DpmsError", "__version__"]

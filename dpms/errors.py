@@ -1,0 +1,10 @@
+"""User-facing errors. A `DpmsError` message is one line that names the problem and the fix;
+the CLI prints it without a traceback and exits with code 2."""
+
+
+class DpmsError(Exception):
+    """A problem with the user's input (unknown solver, impossible NFE, missing file, ...)."""
+
+
+class MissingFileError(DpmsError, FileNotFoundError):
+    """A checkpoint, statistics file or feature-network weight file is not where dpms looked."""

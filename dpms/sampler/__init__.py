@@ -1,0 +1,147 @@
+"""Sampling: `sample()` runs any registered solver from x_T at t_start to t_end.
+
+    x_0 = dpms.sample(noise_fn, schedule, x_T, solver="dpm3", nfe=10)
+
+`noise_fn(x, t)` predicts ε at continuous times t (a 1-D tensor, one per sample). Every solver makes
+exactly `nfe` network calls (checked here by counting them), or `sample` raises a one-line error
+that names the valid NFE values. Adaptive solvers (dpm12, dpm23, rk45) choose their own steps and
+report the NFE they used in the returned `SampleInfo`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import DpmsError
+from ..schedule import NoiseSchedule
+from . import singlestep, multistep, runge_kutta, pndm, stochastic  # noqa: F401,I001  (registers the solvers, in this order)
+from .grids import SKIP_TYPES, make_grid
+from .registry import SolverSpec, get_solver, solvers
+from .runge_kutta import ode_reference
+
+__all__ = ["sample", "solvers", "SampleInfo", "SKIP_TYPES", "make_grid", "ode_reference", "per_sample_randn", "SolverSpec"]
+
+
+@dataclass
+class SampleInfo:
+    solver: str
+    nfe: int  # network calls actually made
+    skip: str
+    timesteps: Tensor  # the (outer) grid the solver stepped over
+
+
+class CountingNoiseFn:
+    """Counts network calls, and rejects non-finite predictions before they spread."""
+
+    def __init__(self, noise_fn, check_finite: bool):
+        self.noise_fn = noise_fn
+        self.calls = 0
+        self.check_finite = check_finite
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.calls += 1
+        eps = self.noise_fn(x, t)
+        if self.check_finite and not bool(torch.isfinite(eps).all()):
+            raise DpmsError(
+                f"the network returned NaN/inf at call {self.calls} (t={float(t.reshape(-1)[0]):.4g}); "
+                "check the checkpoint and --dtype (try fp32)"
+            )
+        return eps
+
+
+def per_sample_randn(seeds, device=None, dtype=None):
+    """A `randn(x)` for stochastic solvers giving sample i its own generator seeded with seeds[i],
+    so a sample's noise does not depend on the batch it is drawn in."""
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def randn(x: Tensor) -> Tensor:
+        if x.shape[0] != len(generators):
+            raise ValueError(f"batch of {x.shape[0]} samples but {len(generators)} seeds")
+        z = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float64) for g in generators])
+        return z.to(device=x.device, dtype=x.dtype)
+
+    return randn
+
+
+def _check_options(spec: SolverSpec, options: dict) -> None:
+    params = inspect.signature(spec.fn).parameters
+    internal = {"noise_fn", "schedule", "x", "timesteps", "orders", "randn"}
+    allowed = [p for p in params if p not in internal]
+    plan_only = {"order_plan"}
+    unknown = [k for k in options if k not in allowed and k not in plan_only]
+    if unknown:
+        raise DpmsError(f"solver {spec.name!r} has no option {unknown[0]!r}; its options: {', '.join(allowed) or 'none'}")
+
+
+def sample(
+    noise_fn,
+    schedule: NoiseSchedule,
+    x_T: Tensor,
+    solver: str = "dpm3",
+    nfe: int | None = 10,
+    skip: str | None = None,
+    t_start: float | None = None,
+    t_end: float | None = None,
+    timesteps=None,
+    return_info: bool = False,
+    seed: int = 0,
+    seeds=None,
+    check_finite: bool = True,
+    **options,
+):
+    """Integrate from x_T at t_start (default schedule.T) to t_end (default schedule.t_end).
+
+    solver: a name from `solvers()`; nfe: network evaluations (ignored by adaptive solvers);
+    skip: time grid (`logSNR`, `time_uniform`, `time_quadratic`, `discrete_uniform`,
+    `discrete_quadratic`; default: the solver's paper's choice); timesteps: an explicit decreasing
+    grid instead (its first and last entries are t_start and t_end); seed/seeds: noise of stochastic
+    solvers (seeds: one per sample; default seed + sample index); options: solver options
+    (e.g. order_plan="fixed", rtol=..., lower_order_final=False).
+    Returns the samples, or (samples, SampleInfo) with return_info=True.
+    """
+    spec = get_solver(solver)
+    _check_options(spec, options)
+    dtype, device = x_T.dtype, x_T.device
+    if not dtype.is_floating_point:
+        raise DpmsError(f"x_T must be a floating-point tensor, got {dtype}")
+    if timesteps is not None:
+        ts = torch.as_tensor(timesteps, dtype=torch.float64).to(dtype=dtype, device=device)
+        if ts.dim() != 1 or len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
+            raise DpmsError("timesteps must be a 1-D strictly decreasing sequence of at least 2 times")
+        skip = "explicit"
+    else:
+        t_start = schedule.T if t_start is None else float(t_start)
+        t_end = schedule.t_end if t_end is None else float(t_end)
+        if not (0.0 < t_end < t_start <= schedule.T + 1e-12):
+            raise DpmsError(f"need 0 < t_end < t_start ≤ T={schedule.T}, got t_start={t_start}, t_end={t_end}")
+        skip = skip or spec.skip_for(schedule)
+        if skip not in SKIP_TYPES:
+            raise DpmsError(f"unknown skip type {skip!r}; use one of {', '.join(SKIP_TYPES)}")
+        if spec.adaptive:
+            ts = torch.tensor([t_start, t_end], dtype=dtype, device=device)
+        else:
+            if nfe is None or int(nfe) < 1:
+                raise DpmsError(f"solver {solver!r} needs a positive --nfe, got {nfe}")
+            grid = lambda steps: make_grid(schedule, skip, steps, t_start, t_end, dtype, device)  # noqa: E731
+            try:
+                ts, extra = spec.plan(int(nfe), grid, skip, **options)
+            except DpmsError as e:
+                raise DpmsError(f"solver {solver!r}: {e}") from None
+            options = {**extra, **options}
+    if timesteps is not None and "orders" in inspect.signature(spec.fn).parameters:
+        options.setdefault("orders", [int(spec.order[0])] * (len(ts) - 1))
+    if spec.stochastic:
+        options["randn"] = per_sample_randn(seeds if seeds is not None else [seed + i for i in range(x_T.shape[0])])
+    options.pop("order_plan", None) if "order_plan" not in inspect.signature(spec.fn).parameters else None
+
+    counted = CountingNoiseFn(noise_fn, check_finite)
+    with torch.inference_mode():
+        x = spec.fn(counted, schedule, x_T, ts, **options)
+    if timesteps is None and not spec.adaptive and counted.calls != nfe:
+        raise RuntimeError(f"internal error: solver {solver!r} made {counted.calls} network calls for nfe={nfe}")
+    info = SampleInfo(solver=solver, nfe=counted.calls, skip=skip, timesteps=ts)
+    return (x, info) if return_info else x

@@ -1,0 +1,76 @@
+"""Pseudo numerical methods (PNDM; Liu et al. 2022, arXiv 2202.09778).
+
+PNDM keeps DDIM's update as a "transfer" φ(x_t, ε, t → t') (PNDM Eq. 11, which equals the DDIM
+step and DPM-Solver-1) and only changes the ε it is fed: a combination of network outputs taken
+from a classical method.
+
+* F-PNDM (Eq. 12–13): three pseudo Runge–Kutta warm-up steps, each of 4 calls —
+  e₁ = ε(x, t); x₁ = φ(x, e₁, t → t−δ/2); e₂ = ε(x₁, t−δ/2); x₂ = φ(x, e₂, t → t−δ/2);
+  e₃ = ε(x₂, t−δ/2); x₃ = φ(x, e₃, t → t−δ); e₄ = ε(x₃, t−δ); e' = (e₁ + 2e₂ + 2e₃ + e₄)/6 —
+  then the 4th-order Adams–Bashforth combination e' = (55e₀ − 59e₋₁ + 37e₋₂ − 9e₋₃)/24 with one call
+  per step. NFE = steps + 9 (4·steps for 3 steps or fewer).
+* S-PNDM: a pseudo improved-Euler warm-up step (2 calls: e' = (ε(x, t) + ε(φ(x, ε, t → t'), t'))/2)
+  then 2nd-order Adams–Bashforth e' = (3e₀ − e₋₁)/2. NFE = steps + 1.
+
+The midpoint t − δ/2 is taken in continuous time (PNDM's code uses the mean of the two indices).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..errors import DpmsError
+from .registry import register, steps_plan
+from .steps import ddim_step, eval_at
+
+PAPER = "PNDM (Liu et al. 2022)"
+
+
+def _discrete_or_uniform(schedule) -> str:
+    return "discrete_uniform" if schedule.is_discrete else "time_uniform"
+
+
+def _pndm_plan(nfe: int, make_grid, skip: str, **_):
+    """F-PNDM: NFE = 4·steps for steps ≤ 3 (all warm-up), steps + 9 after."""
+    if nfe >= 13:
+        return make_grid(nfe - 9), {}
+    if nfe in (4, 8, 12):
+        return make_grid(nfe // 4), {}
+    near = {1: "4", 2: "4", 3: "4", 5: "4", 6: "4 or 8", 7: "8", 9: "8", 10: "8 or 12", 11: "12"}.get(nfe, "4")
+    raise DpmsError(f"NFE {nfe} is impossible (NFE = 4·steps for ≤ 3 steps, steps + 9 after); nearest valid: {near}")
+
+
+@register("pndm", order="4 (pseudo)", nfe_rule="NFE = steps + 9 (4·steps when ≤ 3 steps)", paper=PAPER, plan=_pndm_plan, default_skip=_discrete_or_uniform)
+def pndm(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
+    """F-PNDM: pseudo Runge–Kutta warm-up (3 steps × 4 calls), then pseudo linear multistep (AB4)."""
+    history: list[Tensor] = []
+    for i, (s, t) in enumerate(zip(timesteps[:-1], timesteps[1:])):
+        if i < 3:
+            mid = (s + t) / 2
+            e1 = eval_at(noise_fn, x, s)
+            e2 = eval_at(noise_fn, ddim_step(x, e1, schedule, s, mid), mid)
+            e3 = eval_at(noise_fn, ddim_step(x, e2, schedule, s, mid), mid)
+            e4 = eval_at(noise_fn, ddim_step(x, e3, schedule, s, t), t)
+            history.append(e1)
+            eps = (e1 + 2 * e2 + 2 * e3 + e4) / 6
+        else:
+            history.append(eval_at(noise_fn, x, s))
+            del history[:-4]
+            eps = (55 * history[-1] - 59 * history[-2] + 37 * history[-3] - 9 * history[-4]) / 24
+        x = ddim_step(x, eps, schedule, s, t)
+    return x
+
+
+@register("spndm", order="2 (pseudo)", nfe_rule="NFE = steps + 1", paper=PAPER, plan=steps_plan(1, extra_calls=1), default_skip=_discrete_or_uniform)
+def spndm(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
+    """S-PNDM: pseudo improved Euler on the first step, then pseudo linear multistep (AB2)."""
+    prev = None
+    for s, t in zip(timesteps[:-1], timesteps[1:]):
+        e0 = eval_at(noise_fn, x, s)
+        if prev is None:
+            eps = (e0 + eval_at(noise_fn, ddim_step(x, e0, schedule, s, t), t)) / 2
+        else:
+            eps = (3 * e0 - prev) / 2
+        prev = e0
+        x = ddim_step(x, eps, schedule, s, t)
+    return x

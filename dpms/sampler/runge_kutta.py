@@ -1,0 +1,137 @@
+"""Runge–Kutta baselines on the probability-flow ODE, in t and in λ, and scipy's adaptive solvers.
+
+In λ (DPM-Solver Sec. 3 / Table 1 "RK (λ)"), using d log α/dλ = σ²:
+
+    dx/dλ = σ_λ² x − σ_λ ε_θ(x, t_λ(λ))
+
+In t (Eq. 2.4, "RK (t)"), using g² = −2σ² dλ/dt and dλ/dt = f/σ² with f = d log α/dt:
+
+    dx/dt = f(t) x + g²(t)/(2σ_t) ε_θ = f(t) (x − ε_θ(x, t)/σ_t)
+
+These solvers treat the linear term numerically, which is exactly what DPM-Solver avoids; they
+are here to reproduce the paper's comparison. Tableaus: explicit midpoint (RK2), Heun's third-order
+method (RK3, c = 0, ⅓, ⅔; x + h/4 k₁ + 3h/4 k₃) and classical RK4 (PNDM's "FON").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .registry import ADAPTIVE, register, steps_plan
+from .steps import eval_at
+
+PAPER_DPM = "DPM-Solver (Lu et al. 2022), Table 1"
+
+# Butcher tableaus: (c, a, b)
+MIDPOINT = ((0.0, 0.5), ((), (0.5,)), (0.0, 1.0))
+HEUN3 = ((0.0, 1 / 3, 2 / 3), ((), (1 / 3,), (0.0, 2 / 3)), (0.25, 0.0, 0.75))
+RK4 = ((0.0, 0.5, 0.5, 1.0), ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6))
+
+
+def velocity_lambda(noise_fn, schedule, x: Tensor, lam: Tensor) -> Tensor:
+    """dx/dλ = σ² x − σ ε at half log-SNR λ."""
+    t = schedule.inverse_lambda(lam)
+    sigma = schedule.sigma(t)
+    return sigma**2 * x - sigma * eval_at(noise_fn, x, t)
+
+
+def velocity_t(noise_fn, schedule, x: Tensor, t: Tensor) -> Tensor:
+    """dx/dt = f(t)(x − ε/σ_t)."""
+    return schedule.d_log_alpha_dt(t) * (x - eval_at(noise_fn, x, t) / schedule.sigma(t))
+
+
+def explicit_rk(velocity, x: Tensor, grid: Tensor, tableau) -> Tensor:
+    """Integrate dx/dv = velocity(x, v) over the grid of v with an explicit Runge–Kutta tableau."""
+    c, a, b = tableau
+    for v0, v1 in zip(grid[:-1], grid[1:]):
+        h = v1 - v0
+        ks = []
+        for c_i, a_i in zip(c, a):
+            x_i = x
+            for a_ij, k_j in zip(a_i, ks):
+                if a_ij:
+                    x_i = x_i + h * a_ij * k_j
+            ks.append(velocity(x_i, v0 + c_i * h))
+        x = x + h * sum(b_i * k for b_i, k in zip(b, ks) if b_i)
+    return x
+
+
+def _rk_lambda(tableau):
+    def solve(noise_fn, schedule, x, timesteps):
+        return explicit_rk(lambda y, lam: velocity_lambda(noise_fn, schedule, y, lam), x, schedule.lambda_(timesteps), tableau)
+
+    return solve
+
+
+def _rk_t(tableau):
+    def solve(noise_fn, schedule, x, timesteps):
+        return explicit_rk(lambda y, t: velocity_t(noise_fn, schedule, y, t), x, timesteps, tableau)
+
+    return solve
+
+
+def _discrete_or_uniform(schedule) -> str:
+    return "discrete_uniform" if schedule.is_discrete else "time_uniform"
+
+
+rk2 = register("rk2", order="2", nfe_rule="NFE = 2·steps", paper=PAPER_DPM, plan=steps_plan(2))(_rk_lambda(MIDPOINT))
+rk3 = register("rk3", order="3", nfe_rule="NFE = 3·steps", paper=PAPER_DPM, plan=steps_plan(3))(_rk_lambda(HEUN3))
+rk2_t = register("rk2-t", order="2", nfe_rule="NFE = 2·steps", paper=PAPER_DPM, plan=steps_plan(2), default_skip="time_uniform")(_rk_t(MIDPOINT))
+rk3_t = register("rk3-t", order="3", nfe_rule="NFE = 3·steps", paper=PAPER_DPM, plan=steps_plan(3), default_skip="time_uniform")(_rk_t(HEUN3))
+fon = register(
+    "fon", order="4", nfe_rule="NFE = 4·steps", paper="PNDM (Liu et al. 2022), FON ablation", plan=steps_plan(4), default_skip=_discrete_or_uniform
+)(_rk_t(RK4))
+
+
+# ----------------------------------------------------------------------------------- scipy
+def solve_ivp_torch(noise_fn, schedule, x: Tensor, t_start, t_end, variable: str, method: str, rtol: float, atol: float):
+    """Integrate the probability-flow ODE with scipy.integrate.solve_ivp on the flattened batch
+    (as score_sde's and PNDM's "PF" sampler do), in t or in λ. Returns (x at t_end, nfev)."""
+    from scipy.integrate import solve_ivp
+
+    shape, dtype, device = x.shape, x.dtype, x.device
+
+    def fun(v, y):
+        xt = torch.from_numpy(y).reshape(shape).to(device=device, dtype=dtype)
+        vt = torch.tensor(v, dtype=dtype, device=device)
+        vel = velocity_t(noise_fn, schedule, xt, vt) if variable == "t" else velocity_lambda(noise_fn, schedule, xt, vt)
+        return vel.reshape(-1).to("cpu", torch.float64).numpy()
+
+    if variable == "t":
+        span = (float(t_start), float(t_end))
+    else:
+        span = (float(schedule.lambda_(torch.as_tensor(float(t_start), dtype=torch.float64))),
+                float(schedule.lambda_(torch.as_tensor(float(t_end), dtype=torch.float64))))
+    y0 = x.reshape(-1).to("cpu", torch.float64).numpy()
+    sol = solve_ivp(fun, span, y0, method=method, rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"scipy {method} failed: {sol.message}")
+    out = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).reshape(shape).to(device=device, dtype=dtype)
+    return out, sol.nfev
+
+
+@register(
+    "rk45",
+    order="adaptive 4(5)",
+    nfe_rule="adaptive (reported)",
+    paper="score_sde / PNDM 'PF' (scipy RK45)",
+    plan=ADAPTIVE,
+    default_skip="time_uniform",
+    options=dict(rtol=1e-5, atol=1e-5),
+)
+def rk45(noise_fn, schedule, x, timesteps, rtol: float = 1e-5, atol: float = 1e-5):
+    """scipy's adaptive Dormand–Prince RK45 on the probability-flow ODE in t (rtol = atol = 1e-5 as in PNDM)."""
+    return solve_ivp_torch(noise_fn, schedule, x, timesteps[0], timesteps[-1], "t", "RK45", rtol, atol)[0]
+
+
+def ode_reference(noise_fn, schedule, x: Tensor, t_start=None, t_end=None, rtol: float = 1e-10, atol: float = 1e-10) -> Tensor:
+    """A high-accuracy solution of the probability-flow ODE: scipy DOP853 in λ, in float64.
+
+    Independent of every registered solver; the ground truth for convergence tests and benchmarks.
+    """
+    t_start = schedule.T if t_start is None else t_start
+    t_end = schedule.t_end if t_end is None else t_end
+    out, _ = solve_ivp_torch(noise_fn, schedule, x.double(), t_start, t_end, "lambda", "DOP853", rtol, atol)
+    return out.to(x.dtype)

@@ -1,0 +1,190 @@
+"""Singlestep solvers: DDIM, DPM-Solver-1/2/3, DPM-Solver++(2S), and adaptive DPM-Solver-12/23."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import DpmsError
+from .registry import ADAPTIVE, register
+from .steps import ddim_step, dpm_solver_1, dpm_solver_2, dpm_solver_3, dpmpp_2s, eval_at
+
+PAPER_DPM = "DPM-Solver (Lu et al. 2022)"
+
+
+# ----------------------------------------------------------------------------------- order plans
+def fast_orders(nfe: int, order: int) -> list[int]:
+    """The DPM-Solver-fast order plan (paper Sec. 3.4, App. D.3; official
+    `get_orders_and_timesteps_for_singlestep_solver`): K = ⌊M/3⌋ + 1 steps for order 3.
+
+    order 3: M = 3K → [3]*(K−2) + [2, 1];  M = 3K + 1 → [3]*K + [1];  M = 3K + 2 → [3]*K + [2]
+    order 2: M even → [2]*(M/2);  M odd → [2]*⌊M/2⌋ + [1]
+    """
+    if order == 3:
+        k = nfe // 3 + 1
+        if nfe % 3 == 0:
+            return [3] * (k - 2) + [2, 1]
+        if nfe % 3 == 1:
+            return [3] * (k - 1) + [1]
+        return [3] * (k - 1) + [2]
+    if order == 2:
+        return [2] * (nfe // 2) + [1] * (nfe % 2)
+    return [1] * nfe
+
+
+def singlestep_plan(order: int):
+    """The `plan` of a singlestep solver: NFE → (outer time grid, per-step orders)."""
+
+    def plan(nfe: int, make_grid, skip: str, order_plan: str = "fast", **_):
+        if order_plan == "fixed":
+            if nfe % order:
+                raise DpmsError(_fixed_nfe_message(order, nfe))
+            orders = [order] * (nfe // order)
+        elif order_plan == "fast":
+            orders = fast_orders(nfe, order)
+        else:
+            raise DpmsError(f"unknown order_plan {order_plan!r}; use 'fast' or 'fixed'")
+        if skip == "logSNR" or order_plan == "fixed":
+            timesteps = make_grid(len(orders))  # λ-uniform outer steps, as in the paper
+        else:
+            # official: a grid of M steps, keeping the points where each outer step ends
+            fine = make_grid(nfe)
+            timesteps = fine[torch.cumsum(torch.tensor([0] + orders), 0)]
+        return timesteps, {"orders": orders}
+
+    return plan
+
+
+def _fixed_nfe_message(order: int, nfe: int) -> str:
+    lo, hi = (nfe // order) * order, (nfe // order + 1) * order
+    near = " or ".join(str(m) for m in (lo, hi) if m >= order)
+    return f"order_plan='fixed' with order {order} needs an NFE divisible by {order}, got {nfe}; nearest valid: {near}"
+
+
+def _singlestep(noise_fn, schedule, x, timesteps, orders, r1=None, r2=None, data_prediction=False):
+    if len(orders) != len(timesteps) - 1:  # explicit timesteps: use the solver's order on every step
+        orders = [max(orders)] * (len(timesteps) - 1)
+    for i, order in enumerate(orders):
+        s, t = timesteps[i], timesteps[i + 1]
+        if data_prediction:
+            if order == 1:
+                x = ddim_step(x, eval_at(noise_fn, x, s), schedule, s, t)
+            else:
+                x = dpmpp_2s(noise_fn, x, schedule, s, t, r1=0.5 if r1 is None else r1)
+        elif order == 1:
+            x = dpm_solver_1(x, eval_at(noise_fn, x, s), schedule, s, t)
+        elif order == 2:
+            x = dpm_solver_2(noise_fn, x, schedule, s, t, r1=0.5 if r1 is None else r1)[0]
+        else:
+            x = dpm_solver_3(noise_fn, x, schedule, s, t, r1=1 / 3 if r1 is None else r1, r2=2 / 3 if r2 is None else r2)
+    return x
+
+
+@register("ddim", order="1", nfe_rule="NFE = steps", paper="DDIM (Song et al. 2021)", default_skip="time_uniform")
+def ddim(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
+    """DDIM, deterministic (η = 0; Song et al. 2021, Eq. 12): x₀-prediction then re-noising, one call per step."""
+    for s, t in zip(timesteps[:-1], timesteps[1:]):
+        x = ddim_step(x, eval_at(noise_fn, x, s), schedule, s, t)
+    return x
+
+
+@register("dpm1", order="1", nfe_rule="NFE = steps", paper=PAPER_DPM)
+def dpm1(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
+    """DPM-Solver-1 (Eq. 3.7) on every step; equal to DDIM (paper Sec. 4.1)."""
+    for s, t in zip(timesteps[:-1], timesteps[1:]):
+        x = dpm_solver_1(x, eval_at(noise_fn, x, s), schedule, s, t)
+    return x
+
+
+@register(
+    "dpm2",
+    order="2",
+    nfe_rule="any NFE ≥ 1 (fast plan: ⌊M/2⌋ 2nd-order steps, +1 first-order if M odd); fixed plan: M even",
+    paper=PAPER_DPM,
+    plan=singlestep_plan(2),
+)
+def dpm2(noise_fn, schedule, x, timesteps, orders, r1: float = 0.5, order_plan: str = "fast"):
+    """Singlestep DPM-Solver-2 (Algorithm 1) with the paper's DPM-Solver-fast order plan."""
+    return _singlestep(noise_fn, schedule, x, timesteps, orders, r1=r1)
+
+
+@register(
+    "dpm3",
+    order="3",
+    nfe_rule="any NFE ≥ 1 (fast plan: K = ⌊M/3⌋+1 λ-uniform steps, orders 3,…,3 then 2/1); fixed plan: M % 3 = 0",
+    paper=PAPER_DPM,
+    plan=singlestep_plan(3),
+)
+def dpm3(noise_fn, schedule, x, timesteps, orders, r1: float = 1 / 3, r2: float = 2 / 3, order_plan: str = "fast"):
+    """Singlestep DPM-Solver-3 (Algorithm 2) with the paper's DPM-Solver-fast order plan (App. D.3):
+    NFE 10 → orders 3,3,3,1; 12 → 3,3,3,2,1; 15 → 3,3,3,3,2,1; 20 → 3,3,3,3,3,3,2."""
+    return _singlestep(noise_fn, schedule, x, timesteps, orders, r1=r1, r2=r2)
+
+
+@register(
+    "dpmpp2s",
+    order="2",
+    nfe_rule="any NFE ≥ 1 (as dpm2: 2nd-order steps, +1 first-order if M odd); fixed plan: M even",
+    paper="DPM-Solver++ (Lu et al. 2022b)",
+    default_skip="time_uniform",
+    plan=singlestep_plan(2),
+)
+def dpmpp2s(noise_fn, schedule, x, timesteps, orders, r1: float = 0.5, order_plan: str = "fast"):
+    """Singlestep DPM-Solver++(2S) (data prediction), with a first-order last step for odd NFE."""
+    return _singlestep(noise_fn, schedule, x, timesteps, orders, r1=r1, data_prediction=True)
+
+
+# ----------------------------------------------------------------------------------- adaptive
+def _rms(v: Tensor) -> Tensor:
+    return torch.sqrt(torch.square(v.reshape(v.shape[0], -1)).mean(dim=-1))
+
+
+def _adaptive(noise_fn, schedule, x, t_start, t_end, order, rtol, atol, h_init, theta, t_err, max_nfe):
+    """Adaptive step size DPM-Solver (paper Sec. 3.4 and App. C, Algorithm 4; official
+    `dpm_solver_adaptive`). Each try runs a lower-order step x_lower and a higher-order step
+    x_higher from the same s and accepts when E = ‖(x_higher − x_lower)/δ‖ ≤ 1 with
+    δ = max(atol, rtol·max(|x_lower|, |x_prev|)); the next h = min(θ h E^{−1/order}, λ_ε − λ_s).
+    DPM-Solver-12 pairs orders 1 and 2 (r₁ = ½), DPM-Solver-23 orders 2 and 3 (r₁ = ⅓, r₂ = ⅔);
+    the higher step reuses the lower step's evaluations, so a try costs `order` calls.
+    E is the maximum over the batch, as in the official code: the batch shares one step size.
+    """
+    s = t_start
+    lam_s = schedule.lambda_(s)
+    lam_end = schedule.lambda_(t_end)
+    h = torch.full_like(lam_s, h_init)
+    x_prev = x
+    nfe = 0
+    while torch.abs(s - t_end) > t_err:
+        if nfe + order > max_nfe:
+            raise DpmsError(f"adaptive dpm{order - 1}{order} used {nfe} NFE without reaching t_end; raise max_nfe or loosen rtol/atol")
+        t = schedule.inverse_lambda(lam_s + h)
+        if order == 2:
+            eps_s = eval_at(noise_fn, x, s)
+            x_lower = dpm_solver_1(x, eps_s, schedule, s, t)
+            x_higher = dpm_solver_2(noise_fn, x, schedule, s, t, r1=0.5, eps_s=eps_s)[0]
+        else:
+            x_lower, eps_s, eps_s1 = dpm_solver_2(noise_fn, x, schedule, s, t, r1=1 / 3)
+            x_higher = dpm_solver_3(noise_fn, x, schedule, s, t, r1=1 / 3, r2=2 / 3, eps_s=eps_s, eps_s1=eps_s1)
+        nfe += order
+        delta = torch.clamp(rtol * torch.maximum(x_lower.abs(), x_prev.abs()), min=atol)
+        err = _rms((x_higher - x_lower) / delta).max()
+        if err <= 1.0:
+            x, s, x_prev = x_higher, t, x_lower
+            lam_s = schedule.lambda_(s)
+        h = torch.minimum(theta * h * err.to(h.dtype) ** (-1.0 / order), lam_end - lam_s)
+    return x
+
+
+ADAPTIVE_OPTIONS = dict(rtol=0.05, atol=0.0078, h_init=0.05, theta=0.9, t_err=1e-5, max_nfe=10_000)
+
+
+@register("dpm12", order="adaptive 1/2", nfe_rule="adaptive (reported)", paper=PAPER_DPM, plan=ADAPTIVE, options=ADAPTIVE_OPTIONS)
+def dpm12(noise_fn, schedule, x, timesteps, rtol=0.05, atol=0.0078, h_init=0.05, theta=0.9, t_err=1e-5, max_nfe=10_000):
+    """Adaptive DPM-Solver-12 (Algorithm 4 with orders 1 and 2)."""
+    return _adaptive(noise_fn, schedule, x, timesteps[0], timesteps[-1], 2, rtol, atol, h_init, theta, t_err, max_nfe)
+
+
+@register("dpm23", order="adaptive 2/3", nfe_rule="adaptive (reported)", paper=PAPER_DPM, plan=ADAPTIVE, options=ADAPTIVE_OPTIONS)
+def dpm23(noise_fn, schedule, x, timesteps, rtol=0.05, atol=0.0078, h_init=0.05, theta=0.9, t_err=1e-5, max_nfe=10_000):
+    """Adaptive DPM-Solver-23 (Algorithm 4 with orders 2 and 3)."""
+    return _adaptive(noise_fn, schedule, x, timesteps[0], timesteps[-1], 3, rtol, atol, h_init, theta, t_err, max_nfe)
