@@ -78,6 +78,7 @@ def wrap_model(
     condition: Tensor | None = None,
     unconditional_condition: Tensor | None = None,
     condition_key: str = "y",
+    condition_to_net: bool = True,
     thresholding: str | None = None,
     threshold_ratio: float = 0.995,
     threshold_max: float = 1.0,
@@ -85,8 +86,9 @@ def wrap_model(
 ) -> NoiseFn:
     """Wrap `net(x, t_input, **kwargs)` into `noise_fn(x, t) -> ε` for the solvers.
 
-    `condition` is passed to the network as `condition_key=` (class labels `y` for ADM); for
-    classifier guidance it is also the label whose log-probability is ascended.
+    `condition` is passed to the network as `condition_key=` (class labels `y` for ADM) unless
+    `condition_to_net` is False (an unconditional network guided by a classifier); for classifier
+    guidance it is also the label whose log-probability is ascended.
     `autocast_dtype` (torch.float16 / torch.bfloat16) runs the network under autocast; ε is returned
     in the dtype of x so the solver's arithmetic keeps its precision.
     """
@@ -103,7 +105,7 @@ def wrap_model(
 
     def network(x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         kwargs = dict(model_kwargs)
-        if cond is not None:
+        if cond is not None and condition_to_net:
             kwargs[condition_key] = cond
         t_in = time_input(schedule, t, time_map, time_scale)
         if autocast_dtype is not None:

@@ -82,7 +82,7 @@ def dpm2m(noise_fn, schedule, x, timesteps, lower_order_final: bool = True):
     return multistep(noise_fn, schedule, x, timesteps, 2, False, lower_order_final)
 
 
-@register("dpm3m", order="3", nfe_rule="NFE = steps (warm-up orders 1, 2)", paper=PAPER_DPM)
+@register("dpm3m", order="3 (2 with its 1st-order warm-up step)", nfe_rule="NFE = steps (warm-up orders 1, 2)", paper=PAPER_DPM)
 def dpm3m(noise_fn, schedule, x, timesteps, lower_order_final: bool = True):
     """Multistep DPM-Solver-3 (noise prediction)."""
     return multistep(noise_fn, schedule, x, timesteps, 3, False, lower_order_final)
@@ -94,7 +94,7 @@ def dpmpp2m(noise_fn, schedule, x, timesteps, lower_order_final: bool = True):
     return multistep(noise_fn, schedule, x, timesteps, 2, True, lower_order_final)
 
 
-@register("dpmpp3m", order="3", nfe_rule="NFE = steps (warm-up orders 1, 2)", paper=PAPER_PP, default_skip="time_uniform")
+@register("dpmpp3m", order="3 (2 with its 1st-order warm-up step)", nfe_rule="NFE = steps (warm-up orders 1, 2)", paper=PAPER_PP, default_skip="time_uniform")
 def dpmpp3m(noise_fn, schedule, x, timesteps, lower_order_final: bool = True):
     """DPM-Solver++(3M) (data prediction)."""
     return multistep(noise_fn, schedule, x, timesteps, 3, True, lower_order_final)

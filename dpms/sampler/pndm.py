@@ -40,7 +40,7 @@ def _pndm_plan(nfe: int, make_grid, skip: str, **_):
     raise DpmsError(f"NFE {nfe} is impossible (NFE = 4·steps for ≤ 3 steps, steps + 9 after); nearest valid: {near}")
 
 
-@register("pndm", order="4 (pseudo)", nfe_rule="NFE = steps + 9 (4·steps when ≤ 3 steps)", paper=PAPER, plan=_pndm_plan, default_skip=_discrete_or_uniform)
+@register("pndm", order="2 (AB4 on ε through the 1st-order transfer)", nfe_rule="NFE = steps + 9 (4·steps when ≤ 3 steps)", paper=PAPER, plan=_pndm_plan, default_skip=_discrete_or_uniform)
 def pndm(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
     """F-PNDM: pseudo Runge–Kutta warm-up (3 steps × 4 calls), then pseudo linear multistep (AB4)."""
     history: list[Tensor] = []
@@ -61,7 +61,7 @@ def pndm(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
     return x
 
 
-@register("spndm", order="2 (pseudo)", nfe_rule="NFE = steps + 1", paper=PAPER, plan=steps_plan(1, extra_calls=1), default_skip=_discrete_or_uniform)
+@register("spndm", order="2", nfe_rule="NFE = steps + 1", paper=PAPER, plan=steps_plan(1, extra_calls=1), default_skip=_discrete_or_uniform)
 def spndm(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
     """S-PNDM: pseudo improved Euler on the first step, then pseudo linear multistep (AB2)."""
     prev = None
