@@ -20,10 +20,10 @@ from ..errors import DpmsError
 from ..schedule import NoiseSchedule
 from . import singlestep, multistep, runge_kutta, pndm, stochastic  # noqa: F401,I001  (registers the solvers, in this order)
 from .grids import SKIP_TYPES, make_grid
-from .registry import SolverSpec, get_solver, solvers
+from .registry import SolverSpec, get_solver, solvers  # noqa: F401
 from .runge_kutta import ode_reference
 
-__all__ = ["sample", "solvers", "SampleInfo", "SKIP_TYPES", "make_grid", "ode_reference", "per_sample_randn", "SolverSpec"]
+__all__ = ["sample", "validate", "solvers", "SampleInfo", "SKIP_TYPES", "make_grid", "ode_reference", "per_sample_randn", "SolverSpec"]
 
 
 @dataclass
@@ -77,6 +77,44 @@ def _check_options(spec: SolverSpec, options: dict) -> None:
         raise DpmsError(f"solver {spec.name!r} has no option {unknown[0]!r}; its options: {', '.join(allowed) or 'none'}")
 
 
+def _prepare(spec: SolverSpec, schedule, dtype, device, nfe, skip, t_start, t_end, timesteps, options):
+    """Validate a request and build the time grid: every check happens here, before any network call."""
+    _check_options(spec, options)
+    if not dtype.is_floating_point:
+        raise DpmsError(f"x_T must be a floating-point tensor, got {dtype}")
+    if timesteps is not None:
+        ts = torch.as_tensor(timesteps, dtype=torch.float64).to(dtype=dtype, device=device)
+        if ts.dim() != 1 or len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
+            raise DpmsError("timesteps must be a 1-D strictly decreasing sequence of at least 2 times")
+        if "orders" in inspect.signature(spec.fn).parameters:
+            options.setdefault("orders", [int(spec.order[0])] * (len(ts) - 1))
+        return ts, "explicit", options
+    t_start = schedule.T if t_start is None else float(t_start)
+    t_end = schedule.t_end if t_end is None else float(t_end)
+    if not (0.0 < t_end < t_start <= schedule.T + 1e-12):
+        raise DpmsError(f"need 0 < t_end < t_start ≤ T={schedule.T}, got t_start={t_start}, t_end={t_end}")
+    skip = skip or spec.skip_for(schedule)
+    if skip not in SKIP_TYPES:
+        raise DpmsError(f"unknown skip type {skip!r}; use one of {', '.join(SKIP_TYPES)}")
+    if spec.adaptive:
+        return torch.tensor([t_start, t_end], dtype=dtype, device=device), skip, options
+    if nfe is None or int(nfe) < 1:
+        raise DpmsError(f"solver {spec.name!r} needs a positive NFE (--nfe), got {nfe}")
+    grid = lambda steps: make_grid(schedule, skip, steps, t_start, t_end, dtype, device)  # noqa: E731
+    try:
+        ts, extra = spec.plan(int(nfe), grid, skip, **options)
+    except DpmsError as e:
+        raise DpmsError(f"solver {spec.name!r}: {e}") from None
+    if "order_plan" not in inspect.signature(spec.fn).parameters:
+        options.pop("order_plan", None)
+    return ts, skip, {**extra, **options}
+
+
+def validate(solver: str, schedule: NoiseSchedule, nfe: int | None = 10, skip=None, t_start=None, t_end=None, timesteps=None, **options) -> None:
+    """Raise the one-line DpmsError that `sample` would raise for these settings, without sampling."""
+    _prepare(get_solver(solver), schedule, torch.float64, "cpu", nfe, skip, t_start, t_end, timesteps, dict(options))
+
+
 def sample(
     noise_fn,
     schedule: NoiseSchedule,
@@ -104,40 +142,9 @@ def sample(
     Returns the samples, or (samples, SampleInfo) with return_info=True.
     """
     spec = get_solver(solver)
-    _check_options(spec, options)
-    dtype, device = x_T.dtype, x_T.device
-    if not dtype.is_floating_point:
-        raise DpmsError(f"x_T must be a floating-point tensor, got {dtype}")
-    if timesteps is not None:
-        ts = torch.as_tensor(timesteps, dtype=torch.float64).to(dtype=dtype, device=device)
-        if ts.dim() != 1 or len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
-            raise DpmsError("timesteps must be a 1-D strictly decreasing sequence of at least 2 times")
-        skip = "explicit"
-    else:
-        t_start = schedule.T if t_start is None else float(t_start)
-        t_end = schedule.t_end if t_end is None else float(t_end)
-        if not (0.0 < t_end < t_start <= schedule.T + 1e-12):
-            raise DpmsError(f"need 0 < t_end < t_start ≤ T={schedule.T}, got t_start={t_start}, t_end={t_end}")
-        skip = skip or spec.skip_for(schedule)
-        if skip not in SKIP_TYPES:
-            raise DpmsError(f"unknown skip type {skip!r}; use one of {', '.join(SKIP_TYPES)}")
-        if spec.adaptive:
-            ts = torch.tensor([t_start, t_end], dtype=dtype, device=device)
-        else:
-            if nfe is None or int(nfe) < 1:
-                raise DpmsError(f"solver {solver!r} needs a positive --nfe, got {nfe}")
-            grid = lambda steps: make_grid(schedule, skip, steps, t_start, t_end, dtype, device)  # noqa: E731
-            try:
-                ts, extra = spec.plan(int(nfe), grid, skip, **options)
-            except DpmsError as e:
-                raise DpmsError(f"solver {solver!r}: {e}") from None
-            options = {**extra, **options}
-    if timesteps is not None and "orders" in inspect.signature(spec.fn).parameters:
-        options.setdefault("orders", [int(spec.order[0])] * (len(ts) - 1))
+    ts, skip, options = _prepare(spec, schedule, x_T.dtype, x_T.device, nfe, skip, t_start, t_end, timesteps, dict(options))
     if spec.stochastic:
         options["randn"] = per_sample_randn(seeds if seeds is not None else [seed + i for i in range(x_T.shape[0])])
-    options.pop("order_plan", None) if "order_plan" not in inspect.signature(spec.fn).parameters else None
-
     counted = CountingNoiseFn(noise_fn, check_finite)
     with torch.inference_mode():
         x = spec.fn(counted, schedule, x_T, ts, **options)

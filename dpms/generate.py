@@ -1,0 +1,149 @@
+"""`dpms sample`: draw samples from a model with any solver and write them to disk.
+
+Sample i always starts from the same x_T (derived from (seed, i) by `dpms.sampler.noise`), so the
+output does not depend on the batch size. PNGs are written batch by batch; the `.npz` is written
+atomically at the end, or with what was finished when the run is interrupted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from . import sampler
+from .errors import DpmsError
+from .images import atomic_save_npz, save_grid, save_pngs, to_uint8
+from .sampler.noise import initial_noise, labels, step_noise_seeds
+
+DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Target:
+    """What a sampler needs from a model: a noise predictor per batch, its schedule and sample shape."""
+
+    name: str
+    schedule: object
+    shape: tuple  # one sample, e.g. (3, 32, 32) or (8,)
+    is_image: bool
+    make_noise_fn: object  # (labels or None) -> noise_fn(x, t)
+    num_classes: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def load_target(
+    model: str,
+    checkpoint: str | None = None,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    classifier: str | None = None,
+    guidance_scale: float = 0.0,
+) -> Target:
+    """Resolve `--model` (the exact `gmm` or a checkpoint preset) into a sampling target."""
+    if dtype not in DTYPES:
+        raise DpmsError(f"unknown --dtype {dtype!r}; use fp32, fp16 or bf16")
+    if model == "gmm":
+        from .models import GaussianMixture
+
+        gmm = GaussianMixture.default()
+        return Target("gmm", gmm.schedule, (gmm.dim,), False, lambda y=None: gmm, extra={"gmm": gmm})
+    from .models import checkpoints
+
+    loaded = checkpoints.load(model, checkpoint=checkpoint, device=device)
+    clf = None
+    if classifier is not None or guidance_scale:
+        if guidance_scale and classifier is None:
+            raise DpmsError("--guidance-scale needs --classifier PATH (the noisy classifier checkpoint)")
+        clf = checkpoints.load_classifier(loaded.classifier_preset, classifier, device=device)
+    autocast = DTYPES[dtype]
+
+    def make_noise_fn(y=None):
+        return loaded.noise_fn(y=y, guidance_scale=guidance_scale, classifier=clf, autocast_dtype=autocast)
+
+    return Target(model, loaded.schedule, tuple(loaded.image_shape), True, make_noise_fn, loaded.num_classes)
+
+
+def generate(
+    target: Target,
+    solver: str,
+    nfe: int | None,
+    num: int,
+    batch: int,
+    seed: int,
+    out: Path,
+    device: str = "cpu",
+    skip: str | None = None,
+    t_end: float | None = None,
+    class_labels: list[int] | None = None,
+    save_png: bool = True,
+    console: Console | None = None,
+    **options,
+) -> dict:
+    """Sample `num` samples in batches; write out/samples.npz (+ PNGs and grid.png for images)."""
+    console = console or Console()
+    sampler.validate(solver, target.schedule, nfe=nfe, skip=skip, t_end=t_end, **options)  # fail before any work
+    if num < 1 or batch < 1:
+        raise DpmsError(f"--num and --batch must be positive, got {num} and {batch}")
+    if class_labels is not None and target.num_classes is None:
+        raise DpmsError(f"model {target.name!r} is not class-conditional; drop --labels")
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = torch.float64 if target.name == "gmm" else torch.float32
+    chunks, label_chunks, nfe_used = [], [], []
+    start = time.perf_counter()
+    done = 0
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task(f"{solver} NFE {nfe}", total=num, rate="")
+            while done < num:
+                idx = list(range(done, min(done + batch, num)))
+                x_T = initial_noise(target.shape, idx, seed, device=device, dtype=dtype)
+                y = None
+                if target.num_classes:
+                    y = torch.tensor([class_labels[i % len(class_labels)] for i in idx]) if class_labels else labels(target.num_classes, idx, seed)
+                    y = y.to(device)
+                x, info = sampler.sample(
+                    target.make_noise_fn(y), target.schedule, x_T, solver=solver, nfe=nfe, skip=skip, t_end=t_end,
+                    seeds=step_noise_seeds(idx, seed), return_info=True, **options,
+                )
+                nfe_used.append(info.nfe)
+                if target.is_image:
+                    imgs = to_uint8(x)
+                    chunks.append(imgs)
+                    if save_png:
+                        save_pngs(imgs, out / "images", done)
+                else:
+                    chunks.append(x.cpu())
+                if y is not None:
+                    label_chunks.append(y.cpu())
+                done += len(idx)
+                rate = done / (time.perf_counter() - start)
+                progress.update(task, completed=done, rate=f"{rate:.1f} samples/s")
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted after {done} of {num} samples; saving them[/]")
+    seconds = time.perf_counter() - start
+    if not chunks:
+        raise DpmsError("no samples were finished; nothing written")
+    samples = torch.cat(chunks)
+    arrays = {"samples": samples.numpy()}
+    if label_chunks:
+        arrays["labels"] = torch.cat(label_chunks).numpy()
+    atomic_save_npz(out / "samples.npz", **arrays)
+    if target.is_image:
+        save_grid(samples[:64], out / "grid.png", scale=max(1, 64 // samples.shape[1]))
+    summary = {
+        "model": target.name,
+        "solver": solver,
+        "nfe": nfe,
+        "nfe_used_per_batch": sorted(set(nfe_used)),
+        "num": int(samples.shape[0]),
+        "seconds": seconds,
+        "out": str(out),
+    }
+    return summary

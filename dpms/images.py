@@ -1,0 +1,59 @@
+"""Turning samples into images exactly as the papers' FID pipelines do, and writing them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] NCHW floats → uint8 NHWC, as the guided-diffusion and score_sde/DPM-Solver sampling
+    scripts do: ((x + 1) · 127.5).clamp(0, 255) truncated to uint8."""
+    return ((x.float() + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+def save_pngs(images_uint8: Tensor, out_dir: Path, first_index: int) -> None:
+    """Write NHWC uint8 images as out_dir/000123.png (index = position in the run)."""
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for k, img in enumerate(images_uint8.numpy()):
+        arr = img[:, :, 0] if img.shape[2] == 1 else img
+        Image.fromarray(arr).save(out_dir / f"{first_index + k:06d}.png")
+
+
+def save_grid(images_uint8: Tensor, path: Path, nrow: int | None = None, scale: int = 1) -> None:
+    """A PNG grid of NHWC uint8 images (nearest-neighbour upscaled by `scale` for small images)."""
+    from PIL import Image
+
+    n, h, w, c = images_uint8.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    ncol = int(np.ceil(n / nrow))
+    pad = 2
+    grid = np.full((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for k, img in enumerate(images_uint8.numpy()):
+        r, col = divmod(k, nrow)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = img
+    image = Image.fromarray(grid[:, :, 0] if c == 1 else grid)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def atomic_save_npz(path: Path, **arrays) -> None:
+    """np.savez into a temp file in the same folder, then os.replace: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,70 @@
+"""The `dpms` command line: sample and solvers, one-line errors with exit code 2."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dpms.cli import main
+
+
+def run(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_sample_gmm_writes_npz_and_is_batch_independent(tmp_path, capsys):
+    code, out, _ = run(["sample", "--model", "gmm", "--solver", "dpm3", "--nfe", "10", "--num", "40", "--batch", "40", "--seed", "0", "--out", str(tmp_path / "a")], capsys)
+    assert code == 0 and "NFE used 10" in out
+    code, _, _ = run(["sample", "--model", "gmm", "--solver", "dpm3", "--nfe", "10", "--num", "40", "--batch", "7", "--seed", "0", "--out", str(tmp_path / "b")], capsys)
+    a = np.load(tmp_path / "a" / "samples.npz")["samples"]
+    b = np.load(tmp_path / "b" / "samples.npz")["samples"]
+    assert a.shape == (40, 8) and np.allclose(a, b, atol=1e-10)
+
+
+def test_sample_passes_solver_options_and_reports_adaptive_nfe(tmp_path, capsys):
+    code, out, _ = run(["sample", "--solver", "dpm23", "--num", "8", "--out", str(tmp_path), "--option", "rtol=0.01"], capsys)
+    assert code == 0
+    used = int(out.split("NFE used ")[1].split(",")[0])
+    assert used % 3 == 0 and used > 10
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["sample", "--solver", "dpm4"], "unknown solver 'dpm4'; valid solvers: ddim"),
+        (["sample", "--solver", "rk3", "--nfe", "10"], "nearest valid: 9 or 12"),
+        (["sample", "--solver", "pndm", "--nfe", "10"], "nearest valid: 8 or 12"),
+        (["sample", "--skip", "quadratic"], "unknown skip type 'quadratic'"),
+        (["sample", "--solver", "dpm3", "--option", "rtol=1"], "has no option 'rtol'"),
+        (["sample", "--dtype", "fp8"], "unknown --dtype 'fp8'"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_2(args, message, capsys, tmp_path):
+    code, out, err = run(args + ["--out", str(tmp_path)], capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_solvers_table_lists_every_solver(capsys):
+    import dpms
+
+    code, out, _ = run(["solvers"], capsys)
+    assert code == 0
+    for name in dpms.solvers():
+        assert name in out
+
+
+def test_console_script_and_module_entry_with_torchrun_separator(tmp_path):
+    """`python -m dpms -- sample ...` (the form torchrun needs) works like `dpms sample ...`."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpms", "--", "sample", "--num", "4", "--nfe", "5", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "samples.npz").exists()
+    proc = subprocess.run([sys.executable, "-m", "dpms", "sample", "--solver", "nope"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
