@@ -1,0 +1,692 @@
+"""Checkpoint presets, file formats and loading (CPU, nothing downloaded).
+
+* Every preset's network, built on the meta device, has exactly the key list, shapes and parameter count of
+  the published checkpoint (reference dumps in <repo>/../shared/reference/checkpoint-keys).
+* Every registry entry matches checkpoints.md (schedule, time map, learned Σ, classes, format, hashes).
+* Every file format round-trips: a tiny network written in that format loads into an identical network;
+  where the format holds EMA and raw weights side by side, the EMA weights are the ones loaded.
+* The LoadedModel feeds each network the time input it was trained with, and guidance is wired through.
+* Errors are one line and name the fix: missing file, unknown format, mismatched keys, wrong hash, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import dpms
+from dpms.errors import DpmsError, MissingFileError
+from dpms.models.architectures import build
+from dpms.models.checkpoints import (
+    REPO_ROOT,
+    LoadedModel,
+    get_preset,
+    image_shape_of,
+    load,
+    load_classifier,
+    presets,
+)
+from dpms.models.download import download
+from dpms.schedule import NoiseSchedule
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "checkpoint-keys"
+needs_reference = pytest.mark.skipif(
+    not REFERENCE.is_dir(), reason=f"reference key dumps not found at {REFERENCE} (CI puts shared/ beside the repo)"
+)
+
+# preset -> reference dump of the network it loads into. The LSUN church and cat checkpoints have no dump of
+# their own: they are the bedroom network (summary.json gives church the same count). diffusers presets load into the ddpm layout (their own dumps below).
+KEY_FILES = {
+    "cifar10-ddpm": "ddim_cifar10",
+    "celeba64-ddim": "ddim_celeba",
+    "lsun-bedroom-ddpm": "ddim_bedroom",
+    "lsun-church-ddpm": "ddim_bedroom",
+    "lsun-cat-ddpm": "ddim_bedroom",
+    "improved-imagenet64": "id_imagenet64_uncond_100M_1500K",
+    "improved-cifar10": "id_cifar10_uncond_50M_500K",
+    "guided-imagenet64": "gd_64x64_diffusion",
+    "guided-imagenet128": "gd_128x128_diffusion",
+    "guided-imagenet256": "gd_256x256_diffusion",
+    "guided-imagenet256-uncond": "gd_256x256_diffusion_uncond",
+    "guided-imagenet512": "gd_512x512_diffusion",
+    "guided-lsun-bedroom": "gd_lsun_bedroom",
+    "guided-classifier64": "gd_64x64_classifier",
+    "guided-classifier128": "gd_128x128_classifier",
+    "guided-classifier256": "gd_256x256_classifier",
+    "guided-classifier512": "gd_512x512_classifier",
+    "scoresde-cifar10-ddpmpp-deep": "ssde_vp_cifar10_ddpmpp_deep_continuous",
+    "scoresde-cifar10-ddpmpp": "ssde_vp_cifar10_ddpmpp_continuous",
+    "scoresde-cifar10-ddpm": "ssde_vp_cifar10_ddpm_continuous",
+    "ddpm-cifar10-32": "ddim_cifar10",
+    "ddpm-celebahq-256": "ddim_bedroom",
+    "ddpm-ema-church-256": "ddim_bedroom",
+}
+DIFFUSERS_KEY_FILES = {
+    "ddpm-cifar10-32": "diffusers_cifar10",
+    "ddpm-celebahq-256": "diffusers_church",
+    "ddpm-ema-church-256": "diffusers_church",
+}
+WITHOUT_KEY_FILE = {"digits", "gmm"}  # dpms's own network (checked against dpms.digits) and the exact model
+
+# checkpoints.md, transcribed: schedule, time map, time scale, learned Σ, classes, image shape, format, hash.
+LINEAR_1000 = {"type": "discrete_linear", "N": 1000}
+COSINE_1000 = {"type": "discrete_cosine", "N": 1000}
+COSINE_4000 = {"type": "discrete_cosine", "N": 4000}
+VP = {"type": "linear", "beta_0": 0.1, "beta_1": 20.0}
+
+
+def _ddpm(shape, fmt, md5=None):
+    return (LINEAR_1000, "discrete", 1000.0, False, None, shape, fmt, ("md5", md5) if md5 else None)
+
+
+def _adm(schedule, shape, classes):
+    return (schedule, "discrete", 1000.0, True, classes, shape, "openai", None)
+
+
+def _classifier(schedule, shape):
+    return (schedule, "discrete", 1000.0, False, 1000, shape, "openai", None)
+
+
+SDE = (VP, "continuous", 999.0, False, None, (3, 32, 32), "score_sde", None)
+EXPECTED = {
+    "cifar10-ddpm": _ddpm((3, 32, 32), "flat", "1fa350b952534ae442b1d5235cce5cd3"),
+    "celeba64-ddim": _ddpm((3, 64, 64), "ddim-list"),
+    "lsun-bedroom-ddpm": _ddpm((3, 256, 256), "flat", "1921fa46b66a3665e450e42f36c2720f"),
+    "lsun-church-ddpm": _ddpm((3, 256, 256), "flat", "fdc68a23938c2397caba4a260bc2445f"),
+    "lsun-cat-ddpm": _ddpm((3, 256, 256), "flat", "646f23f4821f2459b8bafc57fd824558"),
+    "improved-imagenet64": _adm(COSINE_4000, (3, 64, 64), None),
+    "improved-cifar10": _adm(COSINE_4000, (3, 32, 32), None),
+    "guided-imagenet64": _adm(COSINE_1000, (3, 64, 64), 1000),
+    "guided-imagenet128": _adm(LINEAR_1000, (3, 128, 128), 1000),
+    "guided-imagenet256": _adm(LINEAR_1000, (3, 256, 256), 1000),
+    "guided-imagenet256-uncond": _adm(LINEAR_1000, (3, 256, 256), None),
+    "guided-imagenet512": _adm(LINEAR_1000, (3, 512, 512), 1000),
+    "guided-lsun-bedroom": _adm(LINEAR_1000, (3, 256, 256), None),
+    "guided-classifier64": _classifier(COSINE_1000, (3, 64, 64)),
+    "guided-classifier128": _classifier(LINEAR_1000, (3, 128, 128)),
+    "guided-classifier256": _classifier(LINEAR_1000, (3, 256, 256)),
+    "guided-classifier512": _classifier(LINEAR_1000, (3, 512, 512)),
+    "scoresde-cifar10-ddpmpp-deep": SDE,
+    "scoresde-cifar10-ddpmpp": SDE,
+    "scoresde-cifar10-ddpm": SDE,
+    "ddpm-cifar10-32": _ddpm((3, 32, 32), "diffusers"),
+    "ddpm-celebahq-256": _ddpm((3, 256, 256), "diffusers"),
+    "ddpm-ema-church-256": _ddpm((3, 256, 256), "diffusers"),
+    "digits": _ddpm((1, 8, 8), "flat"),
+}
+CLASSIFIERS = {
+    "guided-imagenet64": "guided-classifier64",
+    "guided-imagenet128": "guided-classifier128",
+    "guided-imagenet256": "guided-classifier256",
+    "guided-imagenet256-uncond": "guided-classifier256",
+    "guided-imagenet512": "guided-classifier512",
+}
+
+# Tiny networks for the format round trips (updates of the presets' configs).
+TINY_DDPM = dict(ch=32, out_ch=3, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], dropout=0.0,
+                 in_channels=3, resolution=8)
+TINY_ADM = dict(image_size=8, model_channels=32, num_res_blocks=1, attention_resolutions=[2], channel_mult=[1, 2],
+                num_head_channels=16, dropout=0.0)
+TINY_CLASSIFIER = dict(image_size=8, model_channels=32, num_res_blocks=1, attention_resolutions=[2],
+                       channel_mult=[1, 2], num_head_channels=16, out_channels=10)
+TINY_NCSNPP = dict(nf=16, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], image_size=8, dropout=0.0)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The networks here are tiny: one thread is fastest, and avoids OpenMP stalls on a busy shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _reference_keys(name: str) -> list[tuple[str, tuple[int, ...]]]:
+    rows = []
+    for line in (REFERENCE / f"{name}.txt").read_text().splitlines():
+        key, shape = line.split("\t")[:2]
+        rows.append((key, tuple(int(n) for n in re.findall(r"\d+", shape))))
+    return rows
+
+
+def _summary() -> dict:
+    return json.loads((REFERENCE / "summary.json").read_text())
+
+
+def _network(preset: str, override: dict, seed: int = 0) -> torch.nn.Module:
+    """A tiny network of the preset's architecture with every weight randomised (no near-zero init layers,
+    so outputs depend on every tensor)."""
+    p = get_preset(preset)
+    torch.manual_seed(seed)
+    net = build(p.arch, {**p.config, **override}).eval()
+    with torch.no_grad():
+        for tensor in net.parameters():
+            tensor.copy_(0.1 * torch.randn_like(tensor))
+    return net
+
+
+def _one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def _inputs(channels=3, size=8, batch=2):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(batch, channels, size, size, generator=g), torch.tensor([17.0, 503.0])
+
+
+def _assert_same_function(loaded_net, original, *args):
+    with torch.no_grad():
+        expected = original(*args)
+        got = loaded_net(*args)
+    assert expected.abs().mean() > 1e-3  # the network is not (near) zero, so equality is informative
+    assert torch.equal(got, expected)
+
+
+class TimeRecorder(torch.nn.Module):
+    """Stands in for a network: records the time input it is given, returns zeros of the output shape."""
+
+    def __init__(self, out_channels: int):
+        super().__init__()
+        self.out_channels = out_channels
+        self.times = []
+
+    def forward(self, x, t, y=None):
+        self.times.append(t.clone())
+        return torch.zeros(x.shape[0], self.out_channels, *x.shape[2:], dtype=x.dtype)
+
+
+def _with_net(preset: str, net: torch.nn.Module) -> LoadedModel:
+    p = get_preset(preset)
+    return LoadedModel(p.name, net, NoiseSchedule.from_spec(p.schedule), p, dict(p.config), p.image_shape,
+                       p.num_classes, p.classifier)
+
+
+# ------------------------------------------------------------------------------------------ registry
+def test_every_network_preset_has_a_reference_key_dump():
+    assert set(presets()) == set(KEY_FILES) | WITHOUT_KEY_FILE
+    assert set(presets()) - {"gmm"} == set(EXPECTED)
+
+
+@needs_reference
+@pytest.mark.parametrize("name", sorted(KEY_FILES))
+def test_preset_network_has_the_published_keys_shapes_and_parameter_count(name):
+    preset = get_preset(name)
+    with torch.device("meta"):
+        net = build(preset.arch, preset.config)
+    assert [(k, tuple(v.shape)) for k, v in net.state_dict().items()] == _reference_keys(KEY_FILES[name])
+    count = sum(p.numel() for p in net.parameters())
+    assert count == _summary()[KEY_FILES[name]]["params"] == preset.params
+    if preset.format == "score_sde":  # shadow_params are matched by position: the counts must agree
+        assert len(list(net.parameters())) == _summary()[KEY_FILES[name]]["ema_shadow_params_len"]
+
+
+@needs_reference
+@pytest.mark.parametrize("name", sorted(DIFFUSERS_KEY_FILES))
+def test_diffusers_preset_keys_convert_onto_its_network(name):
+    from dpms.models.diffusers_format import ddpm_state_dict_from_diffusers
+
+    diffusers_state = {k: torch.empty(s, device="meta") for k, s in _reference_keys(DIFFUSERS_KEY_FILES[name])}
+    converted = ddpm_state_dict_from_diffusers(diffusers_state)
+    with torch.device("meta"):
+        net = build("ddpm", get_preset(name).config)
+    assert sorted((k, tuple(v.shape)) for k, v in converted.items()) == sorted(
+        (k, tuple(v.shape)) for k, v in net.state_dict().items()
+    )
+
+
+def test_digits_preset_is_the_network_dpms_trains():
+    from dpms.digits import DIGITS_DDPM_CONFIG, DIGITS_SCHEDULE_SPEC
+
+    preset = get_preset("digits")
+    assert preset.config == DIGITS_DDPM_CONFIG and preset.schedule == DIGITS_SCHEDULE_SPEC
+    with torch.device("meta"):
+        assert sum(p.numel() for p in build("ddpm", preset.config).parameters()) == preset.params
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_registry_entry_matches_checkpoints_md(name):
+    p = get_preset(name)
+    schedule, time_map, time_scale, learned_sigma, classes, shape, fmt, published_hash = EXPECTED[name]
+    assert (p.schedule, p.time_map, p.time_scale, p.learned_sigma, p.num_classes) == (
+        schedule, time_map, time_scale, learned_sigma, classes)
+    assert (p.image_shape, p.format, p.hash) == (shape, fmt, published_hash)
+    assert p.model_type == ("logits" if p.kind == "classifier" else "noise")
+    assert p.classifier == CLASSIFIERS.get(name)
+    assert image_shape_of(p.arch, p.config) == p.image_shape
+    if p.arch == "adm":
+        assert p.config["num_classes"] == p.num_classes
+        assert p.config["out_channels"] == 2 * p.config["in_channels"]  # learned Σ: ε, then the variance
+    NoiseSchedule.from_spec(p.schedule)
+
+
+def test_registry_entries_are_complete_and_consistent():
+    table = presets()
+    files = [p.file for p in table.values() if p.file]
+    assert len(files) == len(set(files))
+    for p in table.values():
+        if p.kind == "exact":
+            continue
+        assert p.file and not Path(p.file).is_absolute() and ".." not in Path(p.file).parts
+        assert p.source and p.paper
+        if p.download == "shipped":
+            assert p.url is None and p.reproduce
+        else:
+            assert p.url.startswith("https://")
+            # Google Drive needs a browser (confirmation page); everything else is fetched by urllib.
+            assert (p.download == "manual") == ("drive.google.com" in p.url)
+        if p.hash is not None:
+            algorithm, digest = p.hash
+            assert re.fullmatch({"md5": "[0-9a-f]{32}", "sha256": "[0-9a-f]{64}"}[algorithm], digest)
+        if p.classifier is not None:
+            classifier = table[p.classifier]
+            assert classifier.kind == "classifier" and classifier.image_shape == p.image_shape
+            assert classifier.schedule == p.schedule  # the classifier is trained on the model's noise levels
+
+
+# ------------------------------------------------------------------------------------------ formats
+def _save(obj, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_flat_state_dict_round_trips(tmp_path, prefix):
+    original = _network("cifar10-ddpm", TINY_DDPM)
+    path = _save({prefix + k: v for k, v in original.state_dict().items()}, tmp_path / "model.ckpt")
+    loaded = load("cifar10-ddpm", checkpoint=path, config_override=TINY_DDPM, verify_hash=False)
+    x, t = _inputs()
+    _assert_same_function(loaded.net, original, x, t)
+    assert loaded.image_shape == (3, 8, 8) and loaded.checkpoint == path
+
+
+def test_safetensors_state_dict_round_trips(tmp_path):
+    from safetensors.torch import save_file
+
+    original = _network("digits", {})
+    save_file(original.state_dict(), tmp_path / "digits.safetensors")
+    loaded = load("digits", checkpoint=tmp_path / "digits.safetensors")
+    x, t = _inputs(channels=1)
+    _assert_same_function(loaded.net, original, x, t)
+
+
+def test_ddim_list_loads_the_ema_state(tmp_path):
+    ema, raw = _network("celeba64-ddim", TINY_DDPM, seed=0), _network("celeba64-ddim", TINY_DDPM, seed=1)
+    optimizer = {"state": {}, "param_groups": [{"lr": 2e-4, "betas": (0.9, 0.999), "params": [0, 1]}]}
+    raw_state = {f"module.{k}": v for k, v in raw.state_dict().items()}
+    path = _save([raw_state, optimizer, 12, 34000, ema.state_dict()], tmp_path / "ckpt.pth")
+    loaded = load("celeba64-ddim", checkpoint=path, config_override=TINY_DDPM)
+    x, t = _inputs()
+    _assert_same_function(loaded.net, ema, x, t)
+    assert not torch.equal(loaded.net(x, t), raw(x, t))
+
+
+def test_score_sde_checkpoint_loads_ema_shadow_params_by_position(tmp_path):
+    ema, raw = _network("scoresde-cifar10-ddpmpp-deep", TINY_NCSNPP, 0), _network("scoresde-cifar10-ddpmpp-deep", TINY_NCSNPP, 1)
+    raw.sigmas.copy_(torch.rand_like(raw.sigmas))  # buffers come from 'model', so make them recognisable
+    checkpoint = {
+        "optimizer": {"state": {}, "param_groups": [{"lr": 2e-4, "params": [0]}]},
+        "model": {f"module.{k}": v for k, v in raw.state_dict().items()},
+        "ema": {"decay": 0.9999, "num_updates": 5, "shadow_params": [p.detach().clone() for p in ema.parameters()]},
+        "step": 5,
+    }
+    path = _save(checkpoint, tmp_path / "checkpoint_8.pth")
+    loaded = load("scoresde-cifar10-ddpmpp-deep", checkpoint=path, config_override=TINY_NCSNPP)
+    x, t = _inputs()
+    _assert_same_function(loaded.net, ema, x, t)
+    assert not torch.equal(loaded.net(x, t), raw(x, t))
+    assert loaded.net.sigmas.dtype == torch.float64 and torch.equal(loaded.net.sigmas, raw.sigmas)
+
+
+def test_openai_state_dict_and_classifier_round_trip(tmp_path):
+    model = _network("guided-imagenet64", {**TINY_ADM, "num_classes": 10})
+    classifier = _network("guided-classifier64", TINY_CLASSIFIER)
+    model_path = _save(model.state_dict(), tmp_path / "64x64_diffusion.pt")
+    classifier_path = _save(classifier.state_dict(), tmp_path / "64x64_classifier.pt")
+    loaded = load("guided-imagenet64", checkpoint=model_path, config_override={**TINY_ADM, "num_classes": 10})
+    loaded_classifier = load_classifier(loaded.classifier_preset, classifier_path, config_override=TINY_CLASSIFIER)
+    x, t = _inputs()
+    y = torch.tensor([3, 7])
+    _assert_same_function(loaded.net, model, x, t, y)
+    _assert_same_function(loaded_classifier, classifier, x, t)
+    assert loaded.num_classes == 10 and loaded.classifier_preset == "guided-classifier64"
+
+
+def _tiny_diffusers_unet():
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, norm_eps=1e-6, attention_head_dim=None,
+    ).eval()
+    with torch.no_grad():
+        for tensor in unet.parameters():
+            tensor.copy_(0.1 * torch.randn_like(tensor))
+    return unet
+
+
+OLD_ATTENTION_NAMES = {".to_q.": ".query.", ".to_k.": ".key.", ".to_v.": ".value.", ".to_out.0.": ".proj_attn."}
+
+
+@pytest.mark.parametrize("weights", ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"])
+@pytest.mark.parametrize("naming", ["to_q", "query"])
+def test_diffusers_folder_round_trips(tmp_path, weights, naming):
+    from safetensors.torch import save_file
+
+    unet = _tiny_diffusers_unet()
+    state = unet.state_dict()
+    if naming == "query":
+        for new, old in OLD_ATTENTION_NAMES.items():
+            state = {k.replace(new, old): v for k, v in state.items()}
+        assert any(".proj_attn." in k for k in state)
+    folder = tmp_path / "ddpm-cifar10-32"
+    unet.save_config(folder)
+    if weights.endswith(".safetensors"):
+        save_file({k: v.contiguous() for k, v in state.items()}, folder / weights)
+    else:
+        torch.save(state, folder / weights)
+    loaded = load("ddpm-cifar10-32", checkpoint=folder, config_override=TINY_DDPM)
+    x, t = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net(x, t), unet(x, t).sample, rtol=1e-5, atol=1e-5)
+
+
+def test_diffusers_folder_of_another_network_is_refused(tmp_path):
+    folder = tmp_path / "ddpm-cifar10-32"
+    _tiny_diffusers_unet().save_pretrained(folder)
+    with pytest.raises(DpmsError) as error:
+        load("ddpm-cifar10-32", checkpoint=folder)
+    assert _one_line(error) == (
+        f"diffusers folder {folder} describes ch=32, but preset ddpm-cifar10-32 has ch=128; "
+        "point the preset at its own folder"
+    )
+
+
+# ------------------------------------------------------------------------------------------ time and guidance
+@pytest.mark.parametrize(
+    "name, step_input",
+    [
+        ("cifar10-ddpm", lambda n: n),  # linear N = 1000: the step index itself
+        ("guided-imagenet64", lambda n: n),  # cosine N = 1000, 4 trailing steps clipped: still the index
+        ("improved-cifar10", lambda n: n * 1000 / 4000),  # rescale_timesteps with N = 4000 (16 trailing steps clipped)
+    ],
+)
+def test_discrete_networks_see_the_step_index_they_were_trained_with(name, step_input):
+    preset = get_preset(name)
+    recorder = TimeRecorder(6 if preset.learned_sigma else 3)
+    model = _with_net(name, recorder)
+    kept = model.schedule.N
+    steps = torch.tensor([0, 1, 250, kept - 1], dtype=torch.float64)
+    t = (steps + 1) / kept  # step n of the kept table sits at t = (n + 1)/N'
+    x = torch.zeros(4, 3, 8, 8, dtype=torch.float64)
+    y = torch.zeros(4, dtype=torch.long) if preset.num_classes else None
+    eps = model.noise_fn(y=y)(x, t)
+    assert eps.shape == x.shape  # learned Σ: only ε reaches the solver
+    torch.testing.assert_close(recorder.times[-1], step_input(steps), rtol=0, atol=1e-9)
+
+
+def test_score_sde_network_sees_999_t():
+    recorder = TimeRecorder(3)
+    model = _with_net("scoresde-cifar10-ddpmpp-deep", recorder)
+    t = torch.tensor([1e-3, 0.5, 1.0], dtype=torch.float64)
+    model(torch.zeros(3, 3, 8, 8, dtype=torch.float64), t)
+    torch.testing.assert_close(recorder.times[-1], 999 * t, rtol=0, atol=1e-12)
+
+
+def test_loaded_model_is_the_noise_fn_for_dpms_sample(tmp_path):
+    original = _network("cifar10-ddpm", TINY_DDPM)
+    path = _save(original.state_dict(), tmp_path / "model.ckpt")
+    model = load("cifar10-ddpm", checkpoint=path, config_override=TINY_DDPM, verify_hash=False)
+
+    def oracle(x, t):  # ε at discrete step n = tN − 1, straight from the original network
+        return original(x, t * 1000 - 1)
+
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = dpms.sample(model, model.schedule, x_T, solver="dpm3", nfe=6)
+        expected = dpms.sample(oracle, model.schedule, x_T, solver="dpm3", nfe=6)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["guided-imagenet64", "guided-imagenet256-uncond"])
+def test_classifier_guidance_uses_the_preset_classifier_and_time_input(tmp_path, name):
+    classes = 10 if get_preset(name).num_classes else None
+    model_net = _network(name, {**TINY_ADM, "num_classes": classes})
+    classifier_net = _network(get_preset(name).classifier, TINY_CLASSIFIER)
+    model = load(name, checkpoint=_save(model_net.state_dict(), tmp_path / "m.pt"),
+                 config_override={**TINY_ADM, "num_classes": classes})
+    classifier = load_classifier(model.classifier_preset, _save(classifier_net.state_dict(), tmp_path / "c.pt"),
+                                 config_override=TINY_CLASSIFIER)
+    x, _ = _inputs()
+    y = torch.tensor([2, 9])
+    steps = torch.tensor([100.0, 700.0])
+    t = (steps + 1) / model.schedule.N
+    s = 1.5
+    eps = model.noise_fn(y=y, guidance_scale=s, classifier=classifier)(x, t)
+
+    with torch.enable_grad():  # oracle: Dhariwal & Nichol's ε − s σ_t ∇ₓ log p(y | x_t), by hand
+        x_in = x.clone().requires_grad_(True)
+        log_p = torch.log_softmax(classifier_net(x_in, steps), dim=-1)[torch.arange(2), y].sum()
+        grad = torch.autograd.grad(log_p, x_in)[0]
+    with torch.no_grad():
+        unguided = model_net(x, steps, y if classes else None)[:, :3]
+    sigma = model.schedule.sigma(t).reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(eps, unguided - s * sigma * grad, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ errors
+def test_missing_file_names_every_place_dpms_looked(tmp_path, monkeypatch):
+    preset = dataclasses.replace(get_preset("cifar10-ddpm"), file="nowhere/model-790000.ckpt")
+    monkeypatch.setenv("DPMS_CHECKPOINTS", str(tmp_path / "env"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MissingFileError) as error:
+        load(preset)
+    assert _one_line(error) == (
+        f"checkpoint for cifar10-ddpm not found (looked in {tmp_path}/env/nowhere/model-790000.ckpt, "
+        f"{tmp_path}/checkpoints/nowhere/model-790000.ckpt, {REPO_ROOT}/checkpoints/nowhere/model-790000.ckpt); "
+        f"get it with `dpms download cifar10-ddpm` ({preset.url}), or pass --checkpoint PATH"
+    )
+
+
+def test_missing_manual_file_says_where_to_put_it(tmp_path, monkeypatch):
+    preset = dataclasses.replace(get_preset("scoresde-cifar10-ddpmpp-deep"), file="nowhere/checkpoint_8.pth")
+    monkeypatch.setenv("DPMS_CHECKPOINTS", str(tmp_path))
+    with pytest.raises(MissingFileError) as error:
+        load(preset)
+    assert _one_line(error).endswith(
+        f"download it by hand from {preset.url} and put it at {tmp_path}/nowhere/checkpoint_8.pth, "
+        "or pass --checkpoint PATH"
+    )
+
+
+def test_explicit_checkpoint_that_does_not_exist(tmp_path):
+    with pytest.raises(MissingFileError) as error:
+        load("digits", checkpoint=tmp_path / "nope.pt")
+    assert _one_line(error) == (
+        f"checkpoint {tmp_path}/nope.pt for digits does not exist; "
+        "it ships with the dpms repository; recreate it with `dpms train digits`"
+    )
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"weights": [1, 2], "epoch": 3}, "unknown checkpoint format: a dict with keys 'weights', 'epoch'; "),
+        (42, "unknown checkpoint format: an object of type int; "),
+        ([{"a": torch.zeros(1)}, {}, 1, 2], "has no EMA state_dict as its last element (found an object of type int)"),
+    ],
+)
+def test_unknown_format_is_one_line(tmp_path, content, message):
+    path = _save(content, tmp_path / "odd.pt")
+    with pytest.raises(DpmsError) as error:
+        load("digits", checkpoint=path)
+    assert message in _one_line(error)
+
+
+def test_pickled_code_is_never_loaded(tmp_path):
+    path = _save(argparse.Namespace(weights=1), tmp_path / "pickle.pt")
+    with pytest.raises(DpmsError) as error:
+        load("digits", checkpoint=path)
+    assert _one_line(error).startswith(f"cannot read {path} as a tensor-only checkpoint (torch.load weights_only=True")
+
+
+def test_mismatched_keys_name_first_missing_and_unexpected(tmp_path):
+    state = _network("digits", {}).state_dict()
+    state["conv_in.kernel"] = state.pop("conv_in.weight")
+    state["extra.bias"] = torch.zeros(1)
+    state.pop("conv_out.bias")
+    path = _save(state, tmp_path / "digits.pt")
+    with pytest.raises(DpmsError) as error:
+        load("digits", checkpoint=path)
+    assert _one_line(error) == (
+        f"checkpoint {path} does not fit preset digits (ddpm, flat format): 2 missing key(s), first "
+        "'conv_in.weight'; 2 unexpected key(s), first 'conv_in.kernel'; use the preset this checkpoint was published for"
+    )
+
+
+def test_mismatched_shape_is_named(tmp_path):
+    path = _save(_network("cifar10-ddpm", TINY_DDPM).state_dict(), tmp_path / "tiny.ckpt")
+    with pytest.raises(DpmsError) as error:
+        load("digits", checkpoint=path, config_override={**TINY_DDPM, "in_channels": 1, "out_ch": 1})
+    assert _one_line(error) == (
+        f"checkpoint {path} does not fit preset digits (ddpm, flat format): 'conv_in.weight' has shape "
+        "(32, 3, 3, 3), the network expects (32, 1, 3, 3); use the preset this checkpoint was published for"
+    )
+
+
+def test_score_sde_shadow_param_count_mismatch(tmp_path):
+    net = _network("scoresde-cifar10-ddpmpp-deep", TINY_NCSNPP)
+    shadow = [p.detach() for p in net.parameters()][:-1]
+    path = _save({"model": net.state_dict(), "ema": {"shadow_params": shadow}, "step": 1, "optimizer": {}},
+                 tmp_path / "checkpoint_8.pth")
+    with pytest.raises(DpmsError) as error:
+        load("scoresde-cifar10-ddpmpp-deep", checkpoint=path, config_override=TINY_NCSNPP)
+    n = len(list(net.parameters()))
+    assert f"has {n - 1} EMA shadow_params but the network has {n} parameter tensors" in _one_line(error)
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha256"])
+def test_published_hash_is_verified(tmp_path, algorithm):
+    path = _save(_network("cifar10-ddpm", TINY_DDPM).state_dict(), tmp_path / "model.ckpt")
+    actual = hashlib.new(algorithm, path.read_bytes()).hexdigest()
+    good = dataclasses.replace(get_preset("cifar10-ddpm"), hash=(algorithm, actual))
+    load(good, checkpoint=path, config_override=TINY_DDPM)
+    wrong = "0" * len(actual)
+    bad = dataclasses.replace(good, hash=(algorithm, wrong))
+    with pytest.raises(DpmsError) as error:
+        load(bad, checkpoint=path, config_override=TINY_DDPM)
+    assert _one_line(error).startswith(
+        f"{path} has {algorithm} {actual} but preset cifar10-ddpm expects {wrong} (the published file); "
+    )
+    load(bad, checkpoint=path, config_override=TINY_DDPM, verify_hash=False)
+
+
+def test_unknown_preset_lists_valid_names():
+    with pytest.raises(DpmsError) as error:
+        load("cifar11-ddpm")
+    assert _one_line(error).startswith("unknown model preset 'cifar11-ddpm'; valid presets: cifar10-ddpm, celeba64-ddim,")
+    assert all(name in str(error.value) for name in presets())
+
+
+def test_wrong_kind_and_missing_labels_are_one_line(tmp_path):
+    with pytest.raises(DpmsError, match="is the exact model"):
+        load("gmm")
+    with pytest.raises(DpmsError, match=r"load it with load_classifier\('guided-classifier64'\)"):
+        load("guided-classifier64")
+    with pytest.raises(DpmsError, match="this model has no classifier preset"):
+        load_classifier(None)
+    model = _with_net("guided-imagenet128", TimeRecorder(6))
+    with pytest.raises(DpmsError, match=r"guided-imagenet128 is class-conditional \(1000 classes\); pass class labels y"):
+        model.noise_fn()
+    with pytest.raises(DpmsError, match=r"needs a classifier \(classifier preset guided-classifier128\)"):
+        model.noise_fn(y=torch.tensor([1]), guidance_scale=1.0)
+
+
+# ------------------------------------------------------------------------------------------ downloads and CLI
+def _file_preset(tmp_path: Path, algorithm="md5", corrupt=False):
+    source = _save({"w": torch.arange(1000.0)}, tmp_path / "mirror" / "model.ckpt")
+    digest = hashlib.new(algorithm, source.read_bytes()).hexdigest()
+    digest = "f" * len(digest) if corrupt else digest
+    return source, dataclasses.replace(get_preset("cifar10-ddpm"), url=source.as_uri(), hash=(algorithm, digest),
+                                       file="sub/model.ckpt")
+
+
+def test_download_verifies_and_moves_into_place(tmp_path):
+    source, preset = _file_preset(tmp_path, "sha256")
+    seen = []
+    path = download(preset, to=tmp_path / "root", progress=lambda name, done, total: seen.append((done, total)))
+    assert path == tmp_path / "root" / "sub" / "model.ckpt"
+    assert path.read_bytes() == source.read_bytes()
+    assert seen[-1] == (source.stat().st_size, source.stat().st_size)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.ckpt"]  # no temporary file left
+
+
+def test_download_with_wrong_hash_leaves_nothing(tmp_path):
+    _, preset = _file_preset(tmp_path, "md5", corrupt=True)
+    with pytest.raises(DpmsError) as error:
+        download(preset, to=tmp_path / "root")
+    assert "expected ffffffffffffffffffffffffffffffff; the file was discarded" in _one_line(error)
+    assert list((tmp_path / "root" / "sub").iterdir()) == []
+
+
+def test_download_without_network_says_where_to_put_the_file(tmp_path):
+    preset = dataclasses.replace(get_preset("cifar10-ddpm"), url="http://127.0.0.1:9/model-790000.ckpt")
+    with pytest.raises(DpmsError) as error:
+        download(preset, to=tmp_path, timeout=5)
+    message = _one_line(error)
+    assert message.startswith("could not reach http://127.0.0.1:9/model-790000.ckpt (")
+    assert message.endswith(f"download it by hand and put it at {tmp_path}/{preset.file}")
+
+
+def test_download_diffusers_folder_falls_back_to_bin_weights(tmp_path):
+    unet = _tiny_diffusers_unet()
+    hub = tmp_path / "hub"
+    unet.save_config(hub / "resolve" / "main")
+    torch.save(unet.state_dict(), hub / "resolve" / "main" / "diffusion_pytorch_model.bin")
+    preset = dataclasses.replace(get_preset("ddpm-cifar10-32"), url=hub.as_uri())
+    folder = download(preset, to=tmp_path / "root")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "diffusion_pytorch_model.bin"]
+    loaded = load(preset, checkpoint=folder, config_override=TINY_DDPM)
+    x, t = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net(x, t), unet(x, t).sample, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_models_lists_presets_and_finds_files(tmp_path, monkeypatch, capsys):
+    from dpms import cli
+
+    preset = get_preset("cifar10-ddpm")
+    (tmp_path / preset.file).parent.mkdir(parents=True)
+    (tmp_path / preset.file).write_bytes(b"")
+    monkeypatch.setenv("DPMS_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setattr(cli.console, "width", 400)
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 2}
+    assert set(rows) == set(presets())
+    assert f"present: {tmp_path / preset.file}" in rows["cifar10-ddpm"] and "35,746,307" in rows["cifar10-ddpm"]
+    assert "missing: `dpms download NAME`" in rows["guided-imagenet256"]
+    assert f"$DPMS_CHECKPOINTS/<file> ({tmp_path})" in out
+
+
+def test_cli_download_of_a_browser_only_file_is_one_line(tmp_path, capsys):
+    from dpms import cli
+
+    assert cli.main(["download", "celeba64-ddim", "--to", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert err.strip() == (
+        "error: celeba64-ddim is hosted at https://drive.google.com/file/d/1R_H-fJYXSH79wfSKs9D-fuKQVan5L-GR/"
+        f"view?usp=sharing, which needs a browser; download it by hand and put it at {tmp_path}/ddim/celeba/ckpt.pth"
+    )
