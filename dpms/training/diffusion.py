@@ -1,0 +1,155 @@
+"""Train an ε-prediction network on a discrete VP schedule with DDPM's simple loss.
+
+DDPM (Ho et al. 2020, Algorithm 1 and Eq. 14, "L_simple"): draw a step n uniformly from {0, …, N−1}
+and ε ~ N(0, I), form x_n = α_n x₀ + σ_n ε, and regress the network's output ε_θ(x_n, n) on ε with
+the mean squared error. dpms's discrete schedules put step n at t_n = (n + 1)/N, so
+α_n = schedule.alpha(t_n) = sqrt(ᾱ_n) and σ_n = sqrt(1 − ᾱ_n) exactly; the network takes the integer n,
+which is what `wrap_model(..., time_map="discrete")` feeds it at sampling time.
+
+Everything random is drawn from generators seeded by `seed` (data order, steps, noise) and from the
+global RNG seeded by the caller (initialisation, dropout), so a run is reproducible on one machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import Tensor, nn
+
+from ..schedule import NoiseSchedule
+
+
+class WeightEMA:
+    """Exponential moving average of a model's floating-point state (Polyak averaging, as DDPM uses).
+
+    The decay warms up as min(decay, (1 + k)/(10 + k)) after k updates so that the average is not
+    dominated by the random initialisation when training is short.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    def update(self, model: nn.Module) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            for key, value in model.state_dict().items():
+                if value.dtype.is_floating_point:
+                    self.shadow[key].lerp_(value.float(), 1.0 - decay)
+                else:
+                    self.shadow[key].copy_(value)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v.clone() for k, v in self.shadow.items()}
+
+
+@dataclass
+class TrainResult:
+    ema_state_dict: dict[str, Tensor]
+    losses: list[float] = field(default_factory=list)  # mean batch loss of every step
+    wall_time_s: float = 0.0
+
+    def final_loss(self, window: int = 500) -> float:
+        """Mean training loss over the last `window` steps (the per-step loss is noisy because n is random)."""
+        tail = self.losses[-window:]
+        return sum(tail) / len(tail)
+
+
+def learning_rate(step: int, base_lr: float, warmup_steps: int) -> float:
+    """Linear warm-up from base_lr/warmup_steps to base_lr, then constant (DDPM's schedule)."""
+    if warmup_steps <= 0:
+        return base_lr
+    return base_lr * min(1.0, (step + 1) / warmup_steps)
+
+
+def batch_indices(num_items: int, batch_size: int, generator: torch.Generator):
+    """Endless stream of index batches: a fresh permutation each epoch, the incomplete last batch dropped."""
+    if batch_size > num_items:
+        raise ValueError(f"batch_size {batch_size} is larger than the data set ({num_items} items)")
+    while True:
+        order = torch.randperm(num_items, generator=generator)
+        for start in range(0, num_items - batch_size + 1, batch_size):
+            yield order[start : start + batch_size]
+
+
+def simple_loss(model: nn.Module, x0: Tensor, steps: Tensor, noise: Tensor, alphas: Tensor, sigmas: Tensor) -> Tensor:
+    """L_simple = E‖ε − ε_θ(α_n x₀ + σ_n ε, n)‖² averaged over pixels (DDPM Eq. 14)."""
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    x_n = alphas[steps].reshape(shape) * x0 + sigmas[steps].reshape(shape) * noise
+    return (model(x_n, steps) - noise).pow(2).mean()
+
+
+def step_coefficients(schedule: NoiseSchedule, dtype=torch.float32) -> tuple[Tensor, Tensor]:
+    """(α_n, σ_n) for n = 0..N−1 at the schedule's discrete times t_n = (n + 1)/N."""
+    if not schedule.is_discrete:
+        raise ValueError(f"training needs a discrete schedule, got {schedule.name or schedule.kind}")
+    t = torch.arange(1, schedule.N + 1, dtype=torch.float64) / schedule.N
+    return schedule.alpha(t).to(dtype), schedule.sigma(t).to(dtype)
+
+
+def train_noise_predictor(
+    model: nn.Module,
+    images: Tensor,
+    schedule: NoiseSchedule,
+    *,
+    steps: int,
+    batch_size: int = 128,
+    lr: float = 2e-4,
+    warmup_steps: int = 500,
+    weight_decay: float = 0.0,
+    ema_decay: float = 0.999,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+    progress: bool = True,
+    log_every: int = 500,
+    console: Console | None = None,
+) -> TrainResult:
+    """Train `model` (ε-prediction, time input = step index n) on `images` (B, C, H, W) for `steps` steps.
+
+    AdamW with linear warm-up, gradient-norm clipping at `grad_clip` (as DDPM), EMA of the weights.
+    The caller seeds the global RNG before building the model (initialisation and dropout);
+    `seed` seeds the data order, the steps n and the noise ε. Returns the EMA weights and the losses.
+    """
+    console = console or Console()
+    alphas, sigmas = step_coefficients(schedule, images.dtype)
+    generator = torch.Generator().manual_seed(seed)
+    batches = batch_indices(images.shape[0], batch_size, generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    ema = WeightEMA(model, ema_decay)
+    result = TrainResult(ema_state_dict={})
+    model.train()
+    start = time.perf_counter()
+    columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, disable=not progress) as bar:
+        task = bar.add_task("train", total=steps, loss=math.nan)
+        for step in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, lr, warmup_steps)
+            x0 = images[next(batches)]
+            n = torch.randint(0, schedule.N, (x0.shape[0],), generator=generator)
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+            loss = simple_loss(model, x0, n, noise, alphas, sigmas)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            ema.update(model)
+            result.losses.append(loss.item())
+            recent = result.final_loss(window=100)
+            bar.update(task, advance=1, loss=recent)
+            if progress and log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
+                elapsed = time.perf_counter() - start
+                bar.console.print(f"step {step + 1}/{steps}  loss(last {min(step + 1, log_every)}) "
+                                  f"{result.final_loss(log_every):.4f}  {elapsed:.0f}s", highlight=False)
+    result.wall_time_s = time.perf_counter() - start
+    result.ema_state_dict = ema.state_dict()
+    model.eval()
+    return result
