@@ -1,0 +1,52 @@
+"""`dpms bench`: Fréchet-distance tables over solvers × NFE that reproduce the papers' tables.
+
+    config = load_config("configs/digits.yaml")
+    result = run_benchmark(config, "results/digits")           # resumable; rank 0 writes under torchrun
+    result.records[0]["fid"], result.records[0]["metric"]        # e.g. 3.1, "FD (digits features)"
+
+Modules: `config` (YAML schema, flag overrides), `cells` (the solver × NFE grid, keys), `runner`
+(streaming samples into feature statistics, sharded over processes), `report` (cell files, results.json /
+csv / md, the figure), `check` (comparison with a baseline run), `distributed` (torchrun).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from .check import CheckResult, compare, load_baseline
+from .config import DEFAULT_CONFIG, BenchConfig, Overrides, apply_overrides, load_config, parse_config
+from .runner import BenchResult
+
+__all__ = ["run_benchmark", "load_config", "parse_config", "apply_overrides", "Overrides", "BenchConfig",
+           "BenchResult", "compare", "load_baseline", "CheckResult", "DEFAULT_CONFIG", "default_out_dir"]
+
+
+def default_out_dir(config: BenchConfig) -> Path:
+    """The config's `out`, else results/<config name>."""
+    return Path(config.out or f"results/{config.name}")
+
+
+def run_benchmark(
+    config: BenchConfig,
+    out_dir: str | Path | None = None,
+    device: str = "cpu",
+    save_images: bool = False,
+    console: Console | None = None,
+) -> BenchResult:
+    """Check the config and its files, then run every unfinished cell, writing into out_dir.
+
+    Under torchrun (WORLD_SIZE > 1) the samples of each cell are shared between the processes; only
+    rank 0 writes, and only rank 0's result carries the JSON document.
+    """
+    from .distributed import init_world
+    from .runner import prepare, run_cells
+
+    console = console or Console()
+    world = init_world(device)
+    try:
+        prep = prepare(config, world.device)
+        return run_cells(prep, Path(out_dir) if out_dir else default_out_dir(config), world, save_images, console)
+    finally:
+        world.close()

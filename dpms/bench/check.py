@@ -1,0 +1,92 @@
+"""`dpms bench --check BASELINE.json --tol T`: has any cell moved since a recorded run?
+
+Cells are matched by row label and column (`cell_id`: "dpm3@10", "dpm23@adaptive"). A cell moved when
+|ours − baseline| > max(tol, rel_tol·|baseline|) for its metric value ("fid") — or for its error against
+the exact ODE solution ("ode_error") when both runs measured it — or when the two measure different
+metrics. A baseline cell absent from this run also fails the check (the guard must not pass by running less).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DpmsError, MissingFileError
+from .report import cell_id
+
+
+COMPARED = ("fid", "ode_error")
+
+
+@dataclass
+class Moved:
+    cell: str
+    quantity: str  # "fid" (the metric value) or "ode_error"
+    ours: float
+    baseline: float
+    note: str = ""
+
+    @property
+    def delta(self) -> float:
+        return self.ours - self.baseline
+
+
+@dataclass
+class CheckResult:
+    compared: int = 0
+    moved: list[Moved] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the baseline, not in this run
+    extra: list[str] = field(default_factory=list)  # in this run, not in the baseline (not a failure)
+
+    @property
+    def ok(self) -> bool:
+        return not self.moved and not self.missing
+
+
+def load_baseline(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"baseline {path} not found; pass the results.json of an earlier `dpms bench` run")
+    try:
+        cells = json.loads(path.read_text())["cells"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DpmsError(f"baseline {path} is not a dpms bench results.json (no 'cells' list)") from None
+    return cells
+
+
+def compare(records: list[dict], baseline: list[dict], tol: float, rel_tol: float = 0.0) -> CheckResult:
+    if tol < 0 or rel_tol < 0:
+        raise DpmsError(f"--tol and --rel-tol must be ≥ 0, got {tol} and {rel_tol}")
+    ours = {cell_id(r): r for r in records}
+    result = CheckResult()
+    for base in baseline:
+        name = cell_id(base)
+        if name not in ours:
+            result.missing.append(name)
+            continue
+        mine = ours[name]
+        result.compared += 1
+        if mine["metric"] != base["metric"]:
+            result.moved.append(Moved(name, "fid", mine["fid"], base["fid"], f"metric {mine['metric']} vs {base['metric']}"))
+            continue
+        for quantity in COMPARED:
+            if mine.get(quantity) is None or base.get(quantity) is None:
+                continue
+            if abs(mine[quantity] - base[quantity]) > max(tol, rel_tol * abs(base[quantity])):
+                result.moved.append(Moved(name, quantity, mine[quantity], base[quantity]))
+    known = {cell_id(b) for b in baseline}
+    result.extra = [name for name in ours if name not in known]
+    return result
+
+
+def print_check(result: CheckResult, baseline: Path, tol: float, rel_tol: float, console) -> None:
+    allowed = f"tol {tol:g}" + (f", rel-tol {rel_tol:g}" if rel_tol else "")
+    for m in result.moved:
+        what = "" if m.quantity == "fid" else f" {m.quantity}"
+        console.print(f"[red]moved[/] {m.cell}{what}: {m.ours:.6g} vs baseline {m.baseline:.6g} (Δ {m.delta:+.3g}) {m.note}".rstrip(), highlight=False)
+    for name in result.missing:
+        console.print(f"[red]missing[/] {name}: in the baseline, not in this run", highlight=False)
+    verdict = "[green]check passed[/]" if result.ok else "[red]check failed[/]"
+    console.print(f"{verdict}: {result.compared} cells compared with {baseline} ({allowed}); "
+                  f"{len(result.moved)} moved, {len(result.missing)} missing, {len(result.extra)} not in the baseline", highlight=False)

@@ -1,0 +1,218 @@
+"""Benchmark outputs: per-cell JSON files (the resumable state) and the tables and figure built from them.
+
+    DIR/cells/<key>.json     one finished cell, written atomically (temp file + os.replace)
+    DIR/results.json         {"cells": [...], "skipped": [...], "config": {...}, "metric": ...}
+    DIR/results.csv          one row per finished cell
+    DIR/results.md           rows solvers, columns NFE (or steps); each cell "ours (paper, Δ)"
+    DIR/fid_vs_nfe.png       the metric against the NFE actually used, one line per solver, log axes
+
+The metric is named as measured — "FID (Inception)", "FD (digits features)", "FD (exact features)" — and
+only Inception numbers are ever called FID.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ..plot import Series, line_plot
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+CSV_FIELDS = ("label", "solver", "column", "nfe", "nfe_used", "metric", "fid", "paper", "delta", "confidence",
+              "num", "seconds", "images_per_s", "ode_error", "t_end", "skip", "key")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to a temp file beside `path`, flush it to disk, then os.replace it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give results the usual permissions
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cell_path(out_dir: Path, key: str) -> Path:
+    return Path(out_dir) / "cells" / f"{key}.json"
+
+
+def write_cell(out_dir: Path, record: dict) -> None:
+    atomic_write_text(cell_path(out_dir, record["key"]), json.dumps(record, indent=2) + "\n")
+
+
+def read_finished(out_dir: Path, cells) -> dict[str, dict]:
+    """The records of `cells` already finished in out_dir (same key and same settings)."""
+    done = {}
+    for cell in cells:
+        path = cell_path(out_dir, cell.key)
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # unreadable: recompute (writes are atomic, so only a foreign file gets here)
+        if record.get("key") == cell.key and record.get("settings") == json.loads(json.dumps(cell.settings, default=str)):
+            done[cell.key] = record
+    return done
+
+
+def cell_id(record: dict) -> str:
+    """How a cell is named across runs and baselines: its row label and its column (or 'adaptive')."""
+    return f"{record['label']}@{'adaptive' if record.get('adaptive') else record['column']}"
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.2e}"
+
+
+def cell_text(record: dict) -> str:
+    """'ours (paper, Δ)', or 'ours' without a published number; adaptive cells and columns of step
+    counts also give the NFE used ('3.95 @59')."""
+    ours = fmt(record["fid"])
+    if record.get("adaptive") or record.get("axis") == "steps":
+        ours += f" @{record['nfe_used']:g}"
+    if record.get("paper") is None:
+        return ours
+    paper = fmt(record["paper"]) + (f" @{record['paper_nfe']}" if record.get("adaptive") and record.get("paper_nfe") else "")
+    return f"{ours} ({paper}, {record['delta']:+.2f})"
+
+
+def table_rows(config, cells, records: dict[str, dict], skipped, text=cell_text) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a table: a row per solver entry (config order), a column per NFE or step
+    count, and an 'adaptive' column when an adaptive solver ran. `text(record)` fills a finished cell;
+    impossible cells read 'n/a', unfinished ones '…'."""
+    columns = config.columns
+    labels = [s.label for s in config.solvers]
+    has_adaptive = any(c.adaptive for c in cells)
+    header = [str(c) for c in columns] + (["adaptive"] if has_adaptive else [])
+    rows = []
+    for label in labels:
+        row = []
+        for column in columns:
+            cell = next((c for c in cells if c.label == label and c.column == column), None)
+            if cell is None:
+                row.append("n/a" if any(s.label == label and s.column == column for s in skipped) else "")
+            else:
+                row.append(text(records[cell.key]) if cell.key in records else "…")
+        if has_adaptive:
+            cell = next((c for c in cells if c.label == label and c.adaptive), None)
+            row.append("" if cell is None else text(records[cell.key]) if cell.key in records else "…")
+        rows.append([label, *row])
+    return header, rows
+
+
+def _markdown_table(first: str, header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join([first, *header]) + " |", "|" + "---|" * (len(header) + 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(config, metric: str, cells, records: dict[str, dict], skipped, world_size: int) -> str:
+    axis = "NFE" if config.axis == "nfe" else "steps"
+    header, rows = table_rows(config, cells, records, skipped)
+    done = [records[c.key] for c in cells if c.key in records]
+    model = config.model.preset + (f" ({config.model.checkpoint})" if config.model.checkpoint else "")
+    if config.model.guidance_scale:
+        model += f", classifier guidance scale {config.model.guidance_scale:g}"
+    parts = [
+        f"# {config.name}: {metric} vs {axis}",
+        "",
+        *([config.description, ""] if config.description else []),
+        f"- model: {model}",
+        f"- metric: {metric}" + (f" against {config.reference_stats}" if config.reference_stats else "")
+        + f"; {config.num} samples per cell, seed {config.seed}",
+        f"- published numbers: {config.source or 'none'} (confidence: {config.confidence})",
+        f"- cells: {len(done)} of {len(cells)} finished, {len(skipped)} impossible (n/a)",
+        "",
+        f"Each cell: ours (paper, Δ = ours − paper); 'value @N': N = NFE used (adaptive solvers"
+        + (", and every cell of a table by steps" if config.axis == "steps" else "") + f"). Rows: solvers; columns: {axis}.",
+        "",
+        _markdown_table(f"solver \\ {axis}", header, rows),
+    ]
+    if any("ode_error" in r for r in done):
+        _, err_rows = table_rows(config, cells, records, skipped, text=lambda r: fmt(r.get("ode_error")))
+        parts += ["", "## Mean L2 error against the exact ODE solution (same x_T, DOP853 at rtol 1e-10)", "",
+                  _markdown_table(f"solver \\ {axis}", header, err_rows)]
+    if skipped:
+        parts += ["", "## Impossible cells (n/a)", ""]
+        parts += [f"- {s.label} at {axis} {s.column}: {s.reason}" for s in skipped]
+    if done:
+        total = sum(r["seconds"] for r in done)
+        parts += ["", f"Sampling + features: {total:.1f} s over {len(done)} cells "
+                      f"({world_size} process{'es' if world_size > 1 else ''} in the last run)."]
+    notes = [f"- {s.label}: {s.note}" for s in config.solvers if s.note]
+    if config.notes or notes:
+        parts += ["", "## Notes", "", *([config.notes] if config.notes else []), *notes]
+    return "\n".join(parts) + "\n"
+
+
+def csv_text(cells, records: dict[str, dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for cell in cells:
+        if cell.key in records:
+            writer.writerow({k: ("" if v is None else v) for k, v in records[cell.key].items()})
+    return buffer.getvalue()
+
+
+def plot(path: Path, config, metric: str, cells, records: dict[str, dict]) -> None:
+    series = []
+    for label in dict.fromkeys(c.label for c in cells):
+        done = [records[c.key] for c in cells if c.label == label and c.key in records]
+        if done:
+            adaptive = any(r.get("adaptive") for r in done)
+            name = f"{label} (adaptive)" if adaptive else label
+            series.append(Series(name, [r["nfe_used"] for r in done], [r["fid"] for r in done], lines=not adaptive))
+    ticks = sorted({c.nfe for c in cells if c.nfe is not None})
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    line_plot(series, tmp, title=f"{config.name}: {metric} vs NFE", x_label="NFE (network evaluations per sample)",
+              y_label=metric, log_x=True, log_y=True, x_ticks=ticks)
+    os.replace(tmp, path)
+
+
+def write_reports(out_dir: Path, config, metric: str, cells, records: dict[str, dict], skipped, world_size: int = 1) -> dict:
+    """Regenerate results.json/csv/md and the figure from the finished records; returns the JSON document."""
+    out_dir = Path(out_dir)
+    done = [records[c.key] for c in cells if c.key in records]
+    document = {
+        "metric": metric,
+        "cells": done,
+        "pending": [c.key for c in cells if c.key not in records],
+        "skipped": [s.to_dict() for s in skipped],
+        "config": config.to_dict(),
+    }
+    atomic_write_text(out_dir / "results.json", json.dumps(document, indent=2) + "\n")
+    atomic_write_text(out_dir / "results.csv", csv_text(cells, records))
+    atomic_write_text(out_dir / "results.md", markdown(config, metric, cells, records, skipped, world_size))
+    if done:
+        plot(out_dir / "fid_vs_nfe.png", config, metric, cells, records)
+    return document
+
+
+def rich_table(config, metric: str, cells, records: dict[str, dict], skipped):
+    from rich.table import Table
+
+    axis = "NFE" if config.axis == "nfe" else "steps"
+    header, rows = table_rows(config, cells, records, skipped)
+    table = Table(title=f"{config.name}: {metric} — ours (paper, Δ)", title_justify="left")
+    table.add_column(f"solver \\ {axis}", style="bold")
+    for h in header:
+        table.add_column(h, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table

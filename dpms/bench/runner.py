@@ -1,0 +1,449 @@
+"""Running a benchmark: every (solver, NFE) cell streams samples into feature statistics.
+
+Determinism. Sample i of a cell starts from x_T drawn by its own generator seeded from (seed, i), takes
+its stochastic solvers' noise from another generator seeded from (seed, i), and its class label (for
+class-conditional or guided models) from a third (`dpms.sampler.noise`). So a cell's samples do not
+depend on the batch size or on how many processes share the work. Adaptive solvers (dpm12, dpm23, rk45)
+are the exception the papers impose: one step size is shared by a whole batch (the error norm is the
+batch maximum, as in the official code), so for them the batch is fixed by the config
+(`adaptive_batch`: samples [0, A), [A, 2A), ...) instead of by --batch.
+
+Streaming. Each batch is sampled, quantised to 8 bits exactly as a PNG would store it (image models),
+passed through the feature network and folded into a float64 `FeatureStats`; only the statistics are
+kept (and, with --save-images, the PNGs on disk). With K processes, rank r takes the samples
+i ≡ r (mod K) (adaptive groups g ≡ r (mod K)); rank 0 merges the statistics and writes the cell.
+
+Resumability. A finished cell is written at once (`report.write_cell`, atomic) and the tables are
+regenerated; a rerun loads every finished cell whose key and settings match and runs only the rest, so
+killing the process loses at most the running cell.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from .. import sampler
+from ..errors import DpmsError, MissingFileError
+from ..images import save_grid, to_uint8
+from ..sampler.noise import initial_noise, labels, step_noise_seeds
+from . import report
+from .cells import Cell, Skipped, assign_keys, fingerprint, plan_cells
+from .config import BenchConfig, resolve_path
+from .distributed import World
+
+
+@dataclass
+class Metric:
+    """Features and reference statistics of one Fréchet distance."""
+
+    name: str
+    features: object  # a dpms.evaluation FeatureExtractor
+    dims: int | None  # None: taken from the first batch (exact features)
+    mu_ref: np.ndarray
+    sigma_ref: np.ndarray
+
+
+@dataclass
+class Prepared:
+    """A benchmark checked and loaded: what `run_cells` needs."""
+
+    config: BenchConfig
+    cells: list[Cell]
+    skipped: list[Skipped]
+    target: object  # dpms.generate.Target
+    metric: Metric
+    label_classes: int | None  # classes to draw labels from (conditional or guided models)
+    ode_model: object | None = None  # the exact model, when errors against its ODE are measured
+    sample_dtype: torch.dtype = torch.float32
+
+
+@dataclass
+class BenchResult:
+    records: list[dict]  # finished cells, in plan order
+    skipped: list[Skipped]
+    computed: list[str] = field(default_factory=list)  # keys run now (the others were loaded)
+    metric: str = ""
+    document: dict | None = None  # results.json (rank 0 only)
+    table: object = None  # the rich table of the results (rank 0 only)
+    out_dir: Path | None = None
+
+
+# ------------------------------------------------------------------------------------ preparation
+def _model_info(config: BenchConfig):
+    """(schedule, image shape or None, preset or None) without loading any weights."""
+    if config.model.preset == "gmm":
+        from ..models import GaussianMixture
+
+        return GaussianMixture.default().schedule, None, None
+    from ..models.checkpoints import get_preset
+    from ..schedule import NoiseSchedule
+
+    preset = get_preset(config.model.preset)
+    if preset.kind == "classifier":
+        raise DpmsError(f"{preset.name} is a noisy classifier, not a diffusion model; name it in model.classifier")
+    if preset.kind == "exact":
+        raise DpmsError(f"preset {preset.name!r} is exact but not 'gmm'; use model: gmm")
+    return NoiseSchedule.from_spec(preset.schedule), tuple(preset.image_shape), preset
+
+
+def _check_metric_fits(config: BenchConfig, image_shape) -> None:
+    where = str(config.path or config.name)
+    exact_model = config.model.preset == "gmm"
+    if config.features == "exact" and not exact_model:
+        raise DpmsError(f"{where}: features 'exact' need the exact model (model: gmm); use digits or inception features")
+    if exact_model and config.features != "exact":
+        raise DpmsError(f"{where}: the exact model gmm makes vectors, not images; use features: exact")
+    if config.ode_error and not exact_model:
+        raise DpmsError(f"{where}: ode_error needs the exact model (model: gmm)")
+    if config.features == "digits" and image_shape != (1, 8, 8):
+        raise DpmsError(f"{where}: digits features need 1×8×8 images but {config.model.preset} makes {image_shape}; use features: inception")
+    if config.model.guidance_scale and exact_model:
+        raise DpmsError(f"{where}: the exact model takes no guidance")
+
+
+def _reference_path(config: BenchConfig) -> Path | None:
+    if config.features == "exact":
+        return None
+    if config.reference_stats is None:
+        if config.features == "digits":
+            from ..digits import DIGITS_DIR, STATS_FILE
+
+            return DIGITS_DIR / STATS_FILE
+        raise DpmsError(f"{config.path or config.name}: FID needs reference_stats (an .npz with mu and sigma); pass --ref-stats PATH")
+    path = resolve_path(config.reference_stats, config)
+    if not path.is_file():
+        hint = "run `dpms train digits-classifier`" if config.features == "digits" else (
+            f"create it with `dpms stats TRAIN_IMAGES_DIR --out {path}` (pytorch-fid's statistics) or download the published file")
+        raise MissingFileError(f"reference statistics {path} not found; {hint}, or pass --ref-stats PATH")
+    return path
+
+
+def _load_reference(path: Path, dims: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    from ..evaluation.stats import load_stats
+
+    stats = load_stats(path)
+    if stats.mu.shape != (dims,):
+        raise DpmsError(f"reference statistics {path} have {stats.mu.shape[0]}-d features but {metric} gives {dims}-d; wrong file")
+    return np.asarray(stats.mu, dtype=np.float64), np.asarray(stats.sigma, dtype=np.float64)
+
+
+def _checkpoint_paths(config: BenchConfig, preset) -> tuple[Path | None, Path | None]:
+    """(checkpoint, classifier checkpoint) paths; a missing file is a one-line MissingFileError."""
+    if preset is None:
+        return None, None
+    from ..models.checkpoints import get_preset, resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(preset, resolve_path(config.model.checkpoint, config))
+    classifier = None
+    if config.model.guidance_scale:
+        if preset.classifier is None and config.model.classifier is None:
+            raise DpmsError(f"{preset.name} has no published classifier; set model.classifier to a classifier checkpoint")
+        classifier = resolve_checkpoint(get_preset(preset.classifier), resolve_path(config.model.classifier, config))
+    return checkpoint, classifier
+
+
+def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
+    """Check everything that can fail before a single sample is drawn, then load the model and metric.
+
+    Order: preset, metric/model fit, solvers and NFEs (plan), reference statistics file, feature network
+    (Inception weights), reference statistics content, checkpoint files; then the network is loaded.
+    """
+    from ..evaluation import feature_extractor
+    from ..generate import load_target
+
+    schedule, image_shape, preset = _model_info(config)
+    _check_metric_fits(config, image_shape)
+    cells, skipped = plan_cells(config, schedule)
+    reference = _reference_path(config)
+    extractor = feature_extractor(config.features, resolve_path(config.inception_weights, config), device)
+    name = extractor.name  # "FID (Inception)", "FD (digits features)" or "FD (exact features)"
+    if preset is None:
+        from ..models import GaussianMixture
+
+        gmm = GaussianMixture.default()
+        mu_ref, sigma_ref = gmm.mean.numpy(), gmm.cov.numpy()  # the exact data moments
+    else:
+        mu_ref, sigma_ref = _load_reference(reference, extractor.dims, name)
+    checkpoint, classifier = _checkpoint_paths(config, preset)
+    identity = {
+        "model": {
+            "preset": config.model.preset,
+            "checkpoint": fingerprint(checkpoint),
+            "classifier": fingerprint(classifier),
+            "guidance_scale": config.model.guidance_scale,
+            "dtype": config.model.dtype,
+        },
+        "metric": {"features": config.features, "reference": fingerprint(reference), "ode_error": config.ode_error},
+    }
+    if config.features == "digits":
+        from ..digits import CLASSIFIER_FILE, DIGITS_DIR
+
+        identity["metric"]["feature_network"] = fingerprint(DIGITS_DIR / CLASSIFIER_FILE)
+    assign_keys(cells, config, identity)
+    target = load_target(config.model.preset, str(checkpoint) if checkpoint else None, device, config.model.dtype,
+                         str(classifier) if classifier else None, config.model.guidance_scale)
+    label_classes = target.num_classes
+    if label_classes is None and config.model.guidance_scale:
+        from ..models.checkpoints import get_preset
+
+        label_classes = get_preset(preset.classifier).num_classes
+    return Prepared(
+        config=config, cells=cells, skipped=skipped, target=target,
+        metric=Metric(name, extractor, extractor.dims, mu_ref, sigma_ref),
+        label_classes=label_classes,
+        ode_model=target.extra.get("gmm") if config.ode_error else None,
+        sample_dtype=torch.float64 if preset is None else torch.float32,
+    )
+
+
+# ------------------------------------------------------------------------------------ one cell
+def shard(cell: Cell, config: BenchConfig, world: World) -> list[list[int]]:
+    """This rank's batches of sample indices (see the module docstring)."""
+    if cell.adaptive:
+        size = config.adaptive_batch
+        groups = [list(range(s, min(s + size, config.num))) for s in range(0, config.num, size)]
+        return groups[world.rank :: world.size]
+    mine = list(range(world.rank, config.num, world.size))
+    return [mine[k : k + config.batch] for k in range(0, len(mine), config.batch)]
+
+
+def grid_cells(prep: Prepared) -> set[str]:
+    """Keys of the cells whose first samples are drawn as a grid: per solver, the NFE of `sample_grid`
+    (else the nearest larger one it can run, else its largest), and every adaptive cell."""
+    grid = prep.config.sample_grid
+    if grid is None or not prep.target.is_image:
+        return set()
+    keys = set()
+    for label in dict.fromkeys(c.label for c in prep.cells):
+        mine = [c for c in prep.cells if c.label == label]
+        if mine[0].adaptive:
+            keys.add(mine[0].key)
+            continue
+        above = [c for c in mine if c.nfe >= grid["nfe"]]
+        keys.add(min(above, key=lambda c: c.nfe).key if above else max(mine, key=lambda c: c.nfe).key)
+    return keys
+
+
+def grid_path(out_dir: Path, cell: Cell) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cell.label)
+    return Path(out_dir) / f"samples_{safe}_{'adaptive' if cell.adaptive else f'nfe{cell.nfe}'}.png"
+
+
+def _features(prep: Prepared, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(features, uint8 NHWC images or None). Images are quantised to 8 bits first, as the papers'
+    pipelines do when they save PNGs before computing FID, so --save-images writes what was measured."""
+    with torch.inference_mode():
+        if not prep.target.is_image:
+            return prep.metric.features(x), None
+        u8 = to_uint8(x)
+        return prep.metric.features.from_uint8(u8), u8
+
+
+def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_images: bool, keep_grid: bool,
+             on_batch=None, ode_cache: dict | None = None) -> dict | None:
+    """Sample this rank's share of a cell; on rank 0 return the merged record (None elsewhere)."""
+    from ..evaluation import FeatureStats
+
+    config, target = prep.config, prep.target
+    stats = FeatureStats(prep.metric.dims)
+    nfe_used: list[tuple[int, int]] = []  # (samples, NFE) per batch
+    err_sum = err_sq = 0.0
+    grid_images: list[tuple[int, np.ndarray]] = []
+    count = config.sample_grid["count"] if keep_grid else 0
+    seconds = sampling_seconds = 0.0  # the exact-solution reference is measurement, not sampling: not timed
+    for idx in shard(cell, config, world):
+        start = time.perf_counter()
+        x_T = initial_noise(target.shape, idx, config.seed, device=world.device, dtype=prep.sample_dtype)
+        y = labels(prep.label_classes, idx, config.seed).to(world.device) if prep.label_classes else None
+        noise_fn = target.make_noise_fn(y)
+        x, info = sampler.sample(
+            noise_fn, target.schedule, x_T, solver=cell.spec.name, nfe=cell.nfe, skip=cell.skip, t_end=cell.t_end,
+            seeds=step_noise_seeds(idx, config.seed), return_info=True, **cell.entry.options,
+        )
+        nfe_used.append((len(idx), info.nfe))
+        sampling_seconds += time.perf_counter() - start
+        features, u8 = _features(prep, x)
+        stats.update(features)
+        seconds += time.perf_counter() - start
+        if prep.ode_model is not None:
+            errors = _ode_errors(prep, x, x_T, idx, cell.t_end, ode_cache)
+            err_sum += float(errors.sum())
+            err_sq += float((errors**2).sum())
+        if u8 is not None:
+            grid_images += [(i, u8[k].numpy()) for k, i in enumerate(idx) if i < count]
+            if save_images:
+                _save_pngs(u8, idx, Path(out_dir) / "images" / cell.key)
+        if on_batch is not None:
+            on_batch(len(idx))
+    parts = world.gather({"stats": stats.state_dict(), "seconds": seconds, "sampling_seconds": sampling_seconds, "nfe_used": nfe_used,
+                          "err_sum": err_sum, "err_sq": err_sq, "grid": grid_images})
+    if parts is None:
+        return None
+    merged = FeatureStats.from_state_dict(parts[0]["stats"])
+    for part in parts[1:]:
+        merged.merge(FeatureStats.from_state_dict(part["stats"]))
+    record = _record(prep, cell, merged, parts, world)
+    if keep_grid:
+        images = [img for _, img in sorted((pair for part in parts for pair in part["grid"]), key=lambda pair: pair[0])]
+        if images:
+            path = grid_path(out_dir, cell)
+            tmp = path.with_name(f".{path.stem}.tmp.png")
+            save_grid(torch.from_numpy(np.stack(images)), tmp, nrow=10, scale=max(1, 64 // images[0].shape[0]))
+            os.replace(tmp, path)
+            record["sample_grid"] = path.name
+    return record
+
+
+def _ode_errors(prep: Prepared, x, x_T, idx, t_end: float, cache: dict | None) -> torch.Tensor:
+    """‖x − x_ref‖₂ per sample, x_ref the DOP853 solution of the exact model's ODE from the same x_T."""
+    key = (t_end, tuple(idx))
+    if cache is not None and key in cache:
+        reference = cache[key]
+    else:
+        gmm = prep.ode_model
+        reference = sampler.ode_reference(gmm, gmm.schedule, x_T, t_end=t_end)
+        if cache is not None:
+            cache[key] = reference
+    return (x.double() - reference.double()).flatten(1).norm(dim=1).cpu()
+
+
+def _save_pngs(u8: torch.Tensor, idx: list[int], folder: Path) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, i in enumerate(idx):
+        arr = u8[k].numpy()
+        Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(folder / f"{i:06d}.png")
+
+
+def _record(prep: Prepared, cell: Cell, stats, parts: list[dict], world: World) -> dict:
+    from ..evaluation import frechet_distance
+
+    config = prep.config
+    value = float(frechet_distance(stats.mu, stats.sigma, prep.metric.mu_ref, prep.metric.sigma_ref))
+    batches = [b for part in parts for b in part["nfe_used"]]
+    used = [n for _, n in batches]
+    nfe_used = sum(s * n for s, n in batches) / sum(s for s, _ in batches)
+    seconds = max(part["seconds"] for part in parts)  # the slowest rank: the cell's wall time
+    record = {
+        "key": cell.key,
+        "label": cell.label,
+        "solver": cell.spec.name,
+        "column": cell.column,
+        "axis": config.axis,
+        "nfe": cell.nfe,
+        "nfe_used": round(nfe_used, 2) if cell.adaptive else int(nfe_used),
+        "nfe_used_range": [min(used), max(used)],
+        "adaptive": cell.adaptive,
+        "stochastic": cell.spec.stochastic,
+        "metric": prep.metric.name,
+        "fid": value,
+        "paper": cell.paper,
+        "paper_nfe": cell.paper_column if cell.adaptive else None,
+        "delta": None if cell.paper is None else value - cell.paper,
+        "confidence": cell.entry.confidence or config.confidence,
+        "num": config.num,
+        "seconds": seconds,  # sampling + features of the slowest rank
+        "sampling_seconds": max(part["sampling_seconds"] for part in parts),
+        "images_per_s": config.num / seconds if seconds > 0 else None,
+        "skip": cell.skip,
+        "t_end": cell.t_end,
+        "options": cell.entry.options,
+        "world_size": world.size,
+        "device": world.device,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": cell.settings,
+    }
+    if prep.ode_model is not None:
+        total, squares = sum(p["err_sum"] for p in parts), sum(p["err_sq"] for p in parts)
+        record["ode_error"] = total / config.num
+        record["ode_error_std"] = max(squares / config.num - record["ode_error"] ** 2, 0.0) ** 0.5
+    return record
+
+
+# ------------------------------------------------------------------------------------ all cells
+def run_cells(prep: Prepared, out_dir: Path, world: World, save_images: bool = False, console: Console | None = None) -> BenchResult:
+    """Run every unfinished cell (rank 0 writes each one at once and refreshes the reports)."""
+    console = console or Console()
+    out_dir = Path(out_dir)
+    config = prep.config
+    records = world.broadcast(report.read_finished(out_dir, prep.cells) if world.is_main else None)
+    todo = [c for c in prep.cells if c.key not in records]
+    grids = grid_cells(prep)
+    computed: list[str] = []
+    if world.is_main:
+        console.print(
+            f"[bold]{config.name}[/]: {len(prep.cells)} cells ({len(records)} already finished, {len(todo)} to run, "
+            f"{len(prep.skipped)} impossible), {config.num} samples each, metric {prep.metric.name}, "
+            f"{world.size} process{'es' if world.size > 1 else ''} on {world.device} → {out_dir}", highlight=False)
+        report.write_reports(out_dir, config, prep.metric.name, prep.cells, records, prep.skipped, world.size)
+    ode_cache: dict = {}
+    with _progress(console, world, len(todo), config.num) as progress:
+        for n, cell in enumerate(todo, 1):
+            progress.start_cell(n, cell)
+            record = run_cell(prep, cell, world, out_dir, save_images, cell.key in grids, progress.advance, ode_cache)
+            computed.append(cell.key)
+            if world.is_main:
+                records[cell.key] = record
+                report.write_cell(out_dir, record)
+                report.write_reports(out_dir, config, prep.metric.name, prep.cells, records, prep.skipped, world.size)
+                progress.finish_cell(record)
+    document = table = None
+    if world.is_main:
+        document = report.write_reports(out_dir, config, prep.metric.name, prep.cells, records, prep.skipped, world.size)
+        table = report.rich_table(config, prep.metric.name, prep.cells, records, prep.skipped)
+    ordered = [records[c.key] for c in prep.cells if c.key in records]
+    return BenchResult(ordered, prep.skipped, computed, prep.metric.name, document, table, out_dir)
+
+
+class _progress:
+    """rich progress on rank 0: cells done, and the current cell with images/s and ETA."""
+
+    def __init__(self, console: Console, world: World, cells: int, num: int):
+        self.console, self.world, self.cells, self.num = console, world, cells, num
+        self.progress = None
+
+    def __enter__(self):
+        if self.world.is_main and self.cells:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=self.console, transient=False,
+            )
+            self.progress.start()
+            self.all = self.progress.add_task("cells", total=self.cells, rate="")
+            self.current = self.progress.add_task("", total=self.num, rate="")
+        return self
+
+    def start_cell(self, n: int, cell: Cell) -> None:
+        self.done, self.t0 = 0, time.perf_counter()
+        if self.progress is not None:
+            what = "adaptive" if cell.adaptive else f"NFE {cell.nfe}"
+            self.progress.reset(self.current, total=self.num, description=f"{cell.label} {what}", rate="")
+
+    def advance(self, samples: int) -> None:
+        self.done += samples * self.world.size  # the other ranks advance at the same pace
+        if self.progress is not None:
+            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+            self.progress.update(self.current, completed=min(self.done, self.num), rate=f"{rate:.0f} img/s")
+
+    def finish_cell(self, record: dict) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.all)
+            self.progress.console.print(
+                f"  {record['label']:>10} {'adaptive' if record['adaptive'] else 'NFE ' + str(record['nfe']):>9}: "
+                f"{record['metric']} {report.fmt(record['fid'])}  (NFE used {record['nfe_used']}, {record['seconds']:.1f} s)",
+                highlight=False)
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+        return False

@@ -1,0 +1,339 @@
+"""`dpms bench`: streamed Fréchet distances, outputs, resuming, batch/process independence, --check,
+the shipped configs, and one-line errors before sampling. CPU only, on the exact model (tiny runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import dpms
+from dpms.bench import Overrides, apply_overrides, load_config, run_benchmark
+from dpms.bench.cells import plan_cells
+from dpms.bench.report import fmt
+from dpms.bench.runner import _model_info
+from dpms.cli import main
+from dpms.evaluation import frechet_distance
+from dpms.models import GaussianMixture
+from dpms.sampler import ode_reference
+from dpms.sampler.noise import initial_noise, step_noise_seeds
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+GRID = {"name": "grid", "model": "gmm", "features": "exact", "num": 96, "batch": 32, "adaptive_batch": 48, "seed": 3,
+        "nfe": [6, 10], "solvers": ["ddim", "dpm3"]}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The exact model's tensors are tiny: on a busy 2-core machine thread hand-offs cost ~10× the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_config(tmp_path: Path, name: str = "bench.yaml", **changes) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({**GRID, **changes}, sort_keys=False))
+    return path
+
+
+def bench(config_path: Path, out: Path, **overrides):
+    config = apply_overrides(load_config(config_path), Overrides(**overrides))
+    return run_benchmark(config, out)
+
+
+def fids(result) -> dict[str, float]:
+    return {r["key"]: r["fid"] for r in result.records}
+
+
+def regenerate(solver: str, nfe, num: int, seed: int) -> torch.Tensor:
+    """The samples of a cell drawn in one batch, independently of the bench code path."""
+    gmm = GaussianMixture.default()
+    x_T = initial_noise((gmm.dim,), range(num), seed, dtype=torch.float64)
+    return x_T, dpms.sample(gmm, gmm.schedule, x_T, solver=solver, nfe=nfe, seeds=step_noise_seeds(range(num), seed))
+
+
+# ------------------------------------------------------------------------------ the numbers
+def test_fd_and_ode_error_equal_direct_computation(tmp_path):
+    gmm = GaussianMixture.default()
+    config = write_config(tmp_path, num=64, batch=20, solvers=["dpm3", "ddpm"], nfe=[10], ode_error=True)
+    result = bench(config, tmp_path / "out")
+    for record in result.records:
+        x_T, x = regenerate(record["solver"], 10, 64, 3)
+        feats = x.numpy()
+        expected = frechet_distance(feats.mean(0), np.cov(feats, rowvar=False), gmm.mean.numpy(), gmm.cov.numpy())
+        assert record["metric"] == "FD (exact features)" and record["num"] == 64 and record["nfe_used"] == 10
+        assert record["fid"] == pytest.approx(expected, rel=1e-9)
+        if record["solver"] == "dpm3":
+            reference = ode_reference(gmm, gmm.schedule, x_T)
+            assert record["ode_error"] == pytest.approx((x - reference).norm(dim=1).mean().item(), rel=1e-6)
+
+
+def test_numbers_do_not_depend_on_batch_size(tmp_path):
+    config = write_config(tmp_path, solvers=["ddim", "ddpm", "dpm23"], nfe=[10])  # deterministic, stochastic, adaptive
+    a = bench(config, tmp_path / "a", batch=32)
+    b = bench(config, tmp_path / "b", batch=7)
+    assert fids(a).keys() == fids(b).keys() and len(fids(a)) == 3  # same keys: the batch is not a setting
+    for key, value in fids(a).items():
+        assert fids(b)[key] == pytest.approx(value, rel=1e-10)
+    adaptive = next(r for r in b.records if r["adaptive"])
+    assert adaptive["nfe"] is None and adaptive["nfe_used"] % 3 == 0 and adaptive["nfe_used"] > 10
+
+
+# ------------------------------------------------------------------------------ outputs
+def test_outputs_label_the_metric_and_compare_with_the_paper(tmp_path):
+    config = write_config(tmp_path, solvers=["ddim", "rk3", {"name": "dpm3", "paper": {10: 0.5}}, "dpm12"])
+    out = tmp_path / "out"
+    result = bench(config, out)
+    document = json.loads((out / "results.json").read_text())
+    assert document["metric"] == "FD (exact features)" and document["config"]["num"] == 96
+    cells = {(c["label"], c["nfe"]): c for c in document["cells"]}
+    assert set(cells) == {("ddim", 6), ("ddim", 10), ("rk3", 6), ("dpm3", 6), ("dpm3", 10), ("dpm12", None)}
+    for cell in document["cells"]:
+        assert {"solver", "nfe", "fid", "num", "seconds", "nfe_used", "metric", "paper", "key"} <= cell.keys()
+    assert document["skipped"] == [{"label": "rk3", "solver": "rk3", "column": 10,
+                                    "reason": "solver 'rk3': NFE 10 is impossible (NFE = 3·steps with steps ≥ 1); nearest valid: 9 or 12"}]
+    dpm3 = cells[("dpm3", 10)]
+    assert dpm3["paper"] == 0.5 and dpm3["delta"] == pytest.approx(dpm3["fid"] - 0.5)
+    md = (out / "results.md").read_text()
+    assert "FD (exact features)" in md and "FID" not in md
+    assert "| solver \\ NFE | 6 | 10 | adaptive |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| dpm3 |"))
+    assert f"({0.5:.2f}, {dpm3['fid'] - 0.5:+.2f})" in row
+    assert next(line for line in md.splitlines() if line.startswith("| rk3 |")).split("|")[3].strip() == "n/a"
+    assert f"@{cells[('dpm12', None)]['nfe_used']:g}" in md
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("label,solver,column,nfe,nfe_used,metric,fid,paper,delta") and len(rows) == 7
+    with Image.open(out / "fid_vs_nfe.png") as image:
+        assert image.size == (1000, 640)
+    assert len(result.records) == 6 and sorted(p.stem for p in (out / "cells").glob("*.json")) == sorted(cells[k]["key"] for k in cells)
+
+
+def test_columns_by_steps_run_each_solver_at_its_own_nfe(tmp_path):
+    config = write_config(tmp_path, nfe=None, steps=[4, 6], solvers=["ddim", "spndm", {"name": "pndm", "paper": {6: 1.0}}])
+    text = config.read_text().replace("nfe: null\n", "")
+    config.write_text(text)
+    out = tmp_path / "out"
+    result = bench(config, out)
+    assert {(r["label"], r["column"]): r["nfe"] for r in result.records} == {
+        ("ddim", 4): 4, ("ddim", 6): 6, ("spndm", 4): 5, ("spndm", 6): 7, ("pndm", 4): 13, ("pndm", 6): 15}
+    md = (out / "results.md").read_text()
+    assert "| solver \\ steps | 4 | 6 |" in md
+    pndm6 = next(r for r in result.records if r["label"] == "pndm" and r["column"] == 6)
+    assert f"{fmt(pndm6['fid'])} @15 (1.00, {pndm6['fid'] - 1:+.2f})" in md
+
+
+# ------------------------------------------------------------------------------ resuming
+def test_rerun_skips_finished_cells_and_recomputes_changed_settings(tmp_path):
+    config = write_config(tmp_path)
+    out = tmp_path / "out"
+    first = bench(config, out)
+    assert len(first.computed) == 4
+    before = {p.name: p.read_text() for p in (out / "cells").glob("*.json")}
+    victim = sorted(before)[1]
+    (out / "cells" / victim).unlink()
+    second = bench(config, out, batch=5)  # the batch size is not part of a key
+    assert second.computed == [victim.removesuffix(".json")]
+    for name, text in before.items():
+        if name != victim:
+            assert (out / "cells" / name).read_text() == text  # untouched, "seconds" and timestamp included
+    assert fids(second) == pytest.approx(fids(first), rel=1e-10)
+    changed = bench(config, out, seed=4)
+    assert len(changed.computed) == 4 and not set(fids(changed)) & set(fids(first))
+    other_options = bench(write_config(tmp_path, "b.yaml", solvers=["ddim", {"name": "dpm3", "order_plan": "fixed"}], nfe=[6]), out)
+    assert [k.split("-")[0] for k in other_options.computed] == ["dpm3"]  # ddim at NFE 6 was already there
+
+
+def test_kill_9_loses_at_most_the_running_cell(tmp_path):
+    config = write_config(tmp_path, num=2000, batch=100, solvers=["ddim"], nfe=[40, 30, 20, 10])
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dpms", "bench", "--config", str(config), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+    try:
+        deadline = time.time() + 120
+        while not list((out / "cells").glob("*.json")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    survived = {p.name: p.read_text() for p in (out / "cells").glob("*.json")}
+    assert 1 <= len(survived) < 4, "the first cell must finish and the kill must interrupt the run"
+    for text in survived.values():
+        assert json.loads(text)["num"] == 2000  # complete files only
+    resumed = bench(config, out)
+    assert len(resumed.computed) == 4 - len(survived)
+    assert {p.name: p.read_text() for p in (out / "cells").glob("*.json") if p.name in survived} == survived
+    uninterrupted = bench(config, tmp_path / "whole")
+    assert fids(resumed) == pytest.approx(fids(uninterrupted), rel=1e-12)
+
+
+# ------------------------------------------------------------------------------ processes
+def test_torchrun_with_two_processes_gives_the_numbers_of_one(tmp_path):
+    config = write_config(tmp_path, solvers=["ddim", "ddpm", "dpm23"], nfe=[10])
+    single = bench(config, tmp_path / "one")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "dpms", "--", "bench", "--config", str(config), "--num", "96", "--out", str(tmp_path / "two")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    two = {c["key"]: c for c in json.loads((tmp_path / "two" / "results.json").read_text())["cells"]}
+    assert two.keys() == fids(single).keys()
+    for key, value in fids(single).items():
+        assert two[key]["world_size"] == 2 and two[key]["num"] == 96
+        assert two[key]["fid"] == pytest.approx(value, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------ --check
+def test_check_passes_on_itself_and_fails_when_a_cell_moved_or_is_missing(tmp_path, capsys):
+    config = write_config(tmp_path)
+    out = tmp_path / "out"
+    args = ["bench", "--config", str(config), "--out", str(out)]
+    assert main(args) == 0
+    assert main(args + ["--check", str(out / "results.json")]) == 0
+    assert "check passed: 4 cells compared" in capsys.readouterr().out
+    moved = json.loads((out / "results.json").read_text())
+    target = next(c for c in moved["cells"] if c["label"] == "dpm3" and c["nfe"] == 10)
+    target["fid"] += 0.01
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(moved))
+    assert main(args + ["--check", str(baseline), "--tol", "0.009"]) == 1
+    printed = capsys.readouterr().out
+    assert "moved dpm3@10" in printed and "1 moved, 0 missing" in printed
+    assert main(args + ["--check", str(baseline), "--tol", "0.011"]) == 0
+    assert main(args + ["--check", str(baseline), "--rel-tol", "10"]) == 0
+    assert main(args + ["--solvers", "ddim", "--check", str(out / "results.json")]) == 1
+    assert "missing dpm3@6" in capsys.readouterr().out
+
+
+def test_ci_guard_exact_model_matches_the_recorded_baseline(tmp_path, capsys):
+    """Every solver's numbers on the exact model, against tests/data/bench_gmm_baseline.json: a change
+    in any solver's output (FD or error against the exact ODE solution) fails here."""
+    baseline = REPO / "tests" / "data" / "bench_gmm_baseline.json"
+    code = main(["bench", "--config", str(REPO / "configs" / "gmm.yaml"), "--num", "256", "--batch", "100",
+                 "--nfe", "6,12,20", "--out", str(tmp_path), "--check", str(baseline), "--rel-tol", "1e-6"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed[-3000:]
+    assert "check passed: 39 cells compared" in printed
+    moved = json.loads(baseline.read_text())
+    next(c for c in moved["cells"] if c["label"] == "dpm3" and c["nfe"] == 12)["ode_error"] *= 1.001
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    code = main(["bench", "--config", str(REPO / "configs" / "gmm.yaml"), "--num", "256", "--nfe", "6,12,20",
+                 "--out", str(tmp_path), "--check", str(tmp_path / "moved.json"), "--rel-tol", "1e-6"])
+    assert code == 1 and "moved dpm3@12 ode_error" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ the configs
+def test_every_config_parses_and_runs_existing_presets_solvers_and_nfes():
+    names = {p.stem for p in CONFIGS}
+    assert {"digits", "gmm", "dpm_solver_cifar10_continuous", "dpm_solver_table1_rk", "dpmpp_imagenet256_guided",
+            "dpm_solver_v3_cifar10_reruns", "pndm_cifar10", "pndm_celeba64"} <= names
+    for path in CONFIGS:
+        config = load_config(path)
+        schedule, _, _ = _model_info(config)  # unknown presets raise
+        cells, skipped = plan_cells(config, schedule)  # unknown solvers, bad options, no runnable cell raise
+        if path.stem not in ("digits", "gmm"):  # paper grids: every cell must be runnable
+            assert skipped == [], (path.name, skipped)
+        published = [entry for entry in config.solvers if entry.paper]
+        assert (config.confidence == "none") == (not published), path.name  # numbers carry a confidence
+        for entry in published:
+            assert set(entry.paper) <= set(config.columns) or dpms.solvers()[entry.name].adaptive, (path.name, entry.label)
+        if config.features == "inception":
+            assert config.num == (10000 if path.stem == "dpmpp_imagenet256_guided" else 50000), path.name
+            assert config.reference_stats.endswith(".npz"), path.name
+
+
+def test_default_digits_config_covers_every_solver_and_nfe():
+    config = load_config(REPO / "configs" / "digits.yaml")
+    assert [s.name for s in config.solvers] == ["ddim", "spndm", "pndm", "rk2", "rk3", "dpm2", "dpm3", "dpm12", "dpm23",
+                                                 "dpm2m", "dpm3m", "dpmpp2m", "dpmpp3m", "euler-sde", "ddpm"]
+    assert config.columns == [5, 6, 8, 10, 12, 15, 20, 50] and config.features == "digits"
+    assert config.sample_grid == {"nfe": 10, "count": 100} and config.out == "results/digits"
+
+
+def test_continuous_cifar10_t_end_rule_and_published_numbers():
+    config = load_config(REPO / "configs" / "dpm_solver_cifar10_continuous.yaml")
+    cells, _ = plan_cells(config, _model_info(config)[0])
+    assert {c.nfe: c.t_end for c in cells} == {10: 1e-3, 12: 1e-3, 15: 1e-3, 20: 1e-4}
+    assert {c.nfe: c.paper for c in cells} == {10: 4.70, 12: 3.75, 15: 3.24, 20: 2.87}
+    pndm = load_config(REPO / "configs" / "pndm_cifar10.yaml")
+    cells, _ = plan_cells(pndm, _model_info(pndm)[0])
+    nfe = {(c.label, c.column): c.nfe for c in cells}
+    assert nfe[("DDIM", 50)] == 50 and nfe[("S-PNDM", 50)] == 51 and nfe[("F-PNDM", 50)] == 59 and nfe[("FON", 50)] == 200
+
+
+def test_model_override_switches_to_the_exact_metric(tmp_path, capsys):
+    code = main(["bench", "--config", str(REPO / "configs" / "digits.yaml"), "--model", "gmm", "--solvers", "ddim,dpm3",
+                 "--nfe", "10", "--num", "64", "--out", str(tmp_path)])
+    assert code == 0
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert [c["metric"] for c in document["cells"]] == ["FD (exact features)"] * 2
+    assert all("ode_error" in c and c["paper"] is None for c in document["cells"])
+
+
+# ------------------------------------------------------------------------------ errors before sampling
+def _stats_file(tmp_path: Path, dims: int) -> Path:
+    path = tmp_path / "stats.npz"
+    np.savez(path, mu=np.zeros(dims), sigma=np.eye(dims))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes,flags,message",
+    [
+        ({"nfes": [10]}, [], "unknown key 'nfes' in the top level; valid keys:"),
+        ({"model": "nosuch"}, [], "unknown model preset 'nosuch'; valid presets:"),
+        ({"solvers": ["dpm9"]}, [], "unknown solver 'dpm9'; valid solvers:"),
+        ({"solvers": [{"name": "dpm3", "rtol": 0.1}]}, [], "solver 'dpm3' has no option 'rtol'"),
+        ({"solvers": ["rk3"], "nfe": [5, 7]}, [], "no solver can run any of nfe [5, 7]"),
+        ({"model": "digits", "features": "digits", "reference_stats": "/nonexistent/stats.npz"}, [],
+         "reference statistics /nonexistent/stats.npz not found"),
+        ({"model": "digits", "features": "digits"}, ["--checkpoint", "/nonexistent/digits.pt"],
+         "checkpoint /nonexistent/digits.pt for digits does not exist"),
+        ({"model": "cifar10-ddpm", "features": "inception", "reference_stats": "STATS"},
+         ["--inception-weights", "/nonexistent/pt_inception.pth"], "FID Inception weights"),
+        ({"features": "digits"}, [], "the exact model gmm makes vectors, not images; use features: exact"),
+    ],
+)
+def test_errors_are_one_line_and_come_before_sampling(tmp_path, capsys, changes, flags, message):
+    if changes.get("reference_stats") == "STATS":
+        changes = {**changes, "reference_stats": str(_stats_file(tmp_path, 2048))}
+    config = write_config(tmp_path, **changes)
+    out = tmp_path / "out"
+    code = main(["bench", "--config", str(config), "--out", str(out), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()  # nothing was sampled or written
+
+
+def test_a_baseline_that_is_not_a_results_file_fails_before_sampling(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    out = tmp_path / "out"
+    assert main(["bench", "--config", str(write_config(tmp_path)), "--out", str(out), "--check", str(bad)]) == 2
+    assert "is not a dpms bench results.json" in capsys.readouterr().err and not out.exists()
+
+
+# ------------------------------------------------------------------------------ the digits model
+@pytest.mark.skipif(not (REPO / "checkpoints" / "digits" / "digits_ddpm.pt").is_file(), reason="digits model not trained yet")
+def test_digits_cells_write_sample_grids_and_use_digit_features(tmp_path):
+    config = load_config(REPO / "configs" / "digits.yaml")
+    config = apply_overrides(config, Overrides(solvers=["ddim", "rk3"], nfe=[10, 12], num=160))
+    result = run_benchmark(config, tmp_path)
+    assert {(r["label"], r["nfe"]) for r in result.records} == {("ddim", 10), ("ddim", 12), ("rk3", 12)}
+    assert all(r["metric"] == "FD (digits features)" and r["fid"] > 0 for r in result.records)
+    # a grid per solver at NFE 10, or the next NFE it can run
+    assert sorted(p.name for p in tmp_path.glob("samples_*.png")) == ["samples_ddim_nfe10.png", "samples_rk3_nfe12.png"]
