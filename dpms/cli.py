@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--":
         argv = argv[1:]
     try:
-        app(args=argv, prog_name="dpms", standalone_mode=False)
+        # With standalone_mode=False click returns (not raises) the code of a `raise typer.Exit(code)`.
+        code = app(args=argv, prog_name="dpms", standalone_mode=False)
     except DpmsError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             e.show()
             return 2
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def train_digits_command(
     steps: int = typer.Option(6000, help="optimizer steps (batch 128)"),
     seed: int = typer.Option(0, help="seeds initialisation, dropout, data order, steps n and noise"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: checkpoints/digits)"),
-    threads: int = typer.Option(2, help="torch CPU threads"),
+    threads: int = typer.Option(2, help="torch CPU threads (the shipped weights were made with 2; results depend on it)"),
 ) -> None:
     """Train the digits DDPM (ε-prediction, L_simple), write the EMA weights, card and a DDIM-50 sample grid."""
     import torch
@@ -154,7 +155,7 @@ def train_digits_classifier_command(
     epochs: int = typer.Option(30, help="passes over the 1,437 training digits"),
     seed: int = typer.Option(0, help="seeds initialisation, dropout, data order and augmentation"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: checkpoints/digits)"),
-    threads: int = typer.Option(2, help="torch CPU threads"),
+    threads: int = typer.Option(1, help="torch CPU threads (the shipped files were made with 1; results depend on it)"),
 ) -> None:
     """Train the digit classifier behind "FD (digits features)" and write its weights and the real-data stats."""
     import torch
@@ -164,3 +165,181 @@ def train_digits_classifier_command(
     torch.set_num_threads(threads)
     info = reproduce_digits_classifier(epochs=epochs, seed=seed, directory=out, console=console)
     console.print(f"held-out accuracy {info['held_out_accuracy']:.4f} ({info['split']['held_out']} digits)")
+
+
+# ---------------------------------------------------------------------------------------------
+# dpms models / dpms download  (checkpoint presets of checkpoints/registry.yaml)
+# ---------------------------------------------------------------------------------------------
+@app.command("models")
+def models_command() -> None:
+    """List the model presets: architecture, image shape, parameters, and whether the file is present."""
+    import os
+
+    from rich.table import Table
+
+    from .models import checkpoints
+
+    env = os.environ.get(checkpoints.ENV_VAR)
+    table = Table(
+        title="dpms models",
+        caption=(
+            f"dpms looks for a preset's file at --checkpoint PATH, then ${checkpoints.ENV_VAR}/<file> "
+            f"({env or 'unset'}), then ./checkpoints/<file> and {checkpoints.REPO_ROOT / 'checkpoints'}/<file>"
+        ),
+    )
+    table.add_column("name", no_wrap=True)
+    for col in ("kind", "arch", "image shape", "params", "file"):
+        table.add_column(col)
+    for name, preset in checkpoints.presets().items():
+        params = f"{preset.params:,}" if preset.params else "—"
+        shape = "×".join(map(str, preset.image_shape))
+        table.add_row(name, preset.kind, preset.arch, shape, params, _file_status(preset))
+    console.print(table)
+
+
+def _file_status(preset) -> str:
+    """'present: PATH', or what to do to get the file."""
+    from .models import checkpoints
+
+    if preset.file is None:
+        return "built in (no file)"
+    found = checkpoints.find_checkpoint(preset)
+    if found is not None:
+        return f"[green]present[/]: {found}"
+    if preset.download == "direct":
+        return "[yellow]missing[/]: `dpms download NAME`"
+    if preset.download == "manual":
+        return "[yellow]missing[/]: by hand (`dpms download NAME` says from where)"
+    return f"[yellow]missing[/]: `{preset.reproduce}`" if preset.reproduce else "[yellow]missing[/]"
+
+
+@app.command("download")
+def download_command(
+    name: str = typer.Argument(..., help="model preset (see `dpms models`)"),
+    to: Optional[Path] = typer.Option(None, help="checkpoint root folder (default: $DPMS_CHECKPOINTS, else checkpoints/)"),
+) -> None:
+    """Download a preset's checkpoint, verify its published hash, and move it into place atomically."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from .models import checkpoints
+    from .models.download import download
+
+    preset = checkpoints.get_preset(name)
+    # The bar starts with the first byte, so refusals (manual or shipped presets) print only their error.
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console)
+    tasks = {}
+
+    def progress(file_name: str, done: int, total: int | None) -> None:
+        if not tasks:
+            bar.start()
+        if file_name not in tasks:
+            tasks[file_name] = bar.add_task(file_name, total=total)
+        bar.update(tasks[file_name], completed=done)
+
+    try:
+        path = download(preset, to=to, progress=progress)
+    finally:
+        if tasks:
+            bar.stop()
+    console.print(f"{name}: {path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# dpms bench  (FID / FD tables over solvers × NFE; dpms/bench)
+# ---------------------------------------------------------------------------------------------
+def _comma_list(value: Optional[str], cast=str) -> Optional[list]:
+    if value is None:
+        return None
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise DpmsError(f"expected a comma-separated list of integers, got {value!r}") from None
+
+
+@app.command("bench")
+def bench_command(
+    config: Path = typer.Option(Path("configs/digits.yaml"), help="benchmark config (YAML); see configs/"),
+    model: Optional[str] = typer.Option(None, help="replace the config's model preset ('gmm': the exact model)"),
+    checkpoint: Optional[str] = typer.Option(None, help="checkpoint file or folder of the model"),
+    solvers: Optional[str] = typer.Option(None, help="comma-separated solver names or config labels to run"),
+    nfe: Optional[str] = typer.Option(None, help="comma-separated NFE list (replaces the config's columns)"),
+    num: Optional[int] = typer.Option(None, help="samples per cell"),
+    batch: Optional[int] = typer.Option(None, help="samples per batch (results do not depend on it)"),
+    seed: Optional[int] = typer.Option(None, help="sample i of every cell uses noise derived from (seed, i)"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: the config's, else results/<name>)"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ... (under torchrun: cuda = one GPU per local rank)"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice, one per core)"),
+    save_images: bool = typer.Option(False, "--save-images", help="also write every sample as a PNG under OUT/images/"),
+    features: Optional[str] = typer.Option(None, help="inception, digits or exact (replaces the config's)"),
+    ref_stats: Optional[str] = typer.Option(None, help="reference statistics .npz (mu, sigma)"),
+    inception_weights: Optional[str] = typer.Option(None, help="pytorch-fid Inception weights file (pt_inception-2015-12-05-6726825d.pth)"),
+    check: Optional[Path] = typer.Option(None, help="baseline results.json: exit 1 if a cell moved beyond --tol or is missing"),
+    tol: float = typer.Option(0.0, help="absolute tolerance of --check (default 0: exact)"),
+    rel_tol: float = typer.Option(0.0, help="relative tolerance of --check (a cell may move by max(tol, rel_tol·|baseline|))"),
+) -> None:
+    """Run a benchmark config (default: the digits model, every solver × NFE, < 10 min on 2 CPU cores).
+
+    Finished cells are kept in OUT/cells/ and skipped by a rerun; results.json/csv/md and fid_vs_nfe.png
+    are rewritten after every cell.
+    """
+    from .bench import Overrides, apply_overrides, load_config, run_benchmark
+    from .bench.check import compare, load_baseline, print_check
+
+    overrides = Overrides(
+        model=model, checkpoint=checkpoint, solvers=_comma_list(solvers), nfe=_comma_list(nfe, int), num=num,
+        batch=batch, seed=seed, features=features, reference_stats=ref_stats, inception_weights=inception_weights,
+    )
+    settings = apply_overrides(load_config(config), overrides)
+    baseline = load_baseline(check) if check is not None else None  # a bad baseline fails before sampling
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    result = run_benchmark(settings, out, device=device, save_images=save_images, console=console)
+    if result.document is None:  # not rank 0 of a torchrun group: rank 0 reports
+        return
+    console.print(result.table)
+    console.print(f"{len(result.computed)} cells run now, {len(result.records) - len(result.computed)} loaded → {result.out_dir}", highlight=False)
+    if baseline is not None:
+        outcome = compare(result.records, baseline, tol, rel_tol)
+        print_check(outcome, check, tol, rel_tol, console)
+        if not outcome.ok:
+            raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# dpms stats / dpms fid
+# ---------------------------------------------------------------------------------------------
+_FEATURES_HELP = "feature network: inception (FID), digits (the shipped digit classifier), exact (the samples themselves)"
+
+
+@app.command("stats")
+def stats_command(
+    source: Path = typer.Argument(..., help="folder of images, or an .npz with 'samples' (uint8 NHWC or floats in [-1, 1])"),
+    out: Path = typer.Option(..., "--out", help="statistics file to write (.npz with mu, sigma, num)"),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (default: $DPMS_INCEPTION, then $TORCH_HOME/hub/checkpoints)"),
+    features: str = typer.Option("inception", help=_FEATURES_HELP),
+    batch: int = typer.Option(50, help="images per batch"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+) -> None:
+    """Feature statistics (mu, sigma) of images or samples, in the format of the FID reference files."""
+    from .evaluation import write_stats
+
+    stats = write_stats(source, out, features, inception_weights, batch, device, progress=console.is_terminal)
+    console.print(f"{stats.num} samples, {stats.dims}-d features → {out}", highlight=False, soft_wrap=True)
+
+
+@app.command("fid")
+def fid_command(
+    samples: Path = typer.Argument(..., help="folder of images, samples .npz, or statistics .npz"),
+    ref: Path = typer.Argument(..., help="reference statistics .npz (e.g. fid_stats_cifar10_train.npz) or folder of images"),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (default: $DPMS_INCEPTION, then $TORCH_HOME/hub/checkpoints)"),
+    features: str = typer.Option("inception", help=_FEATURES_HELP),
+    batch: int = typer.Option(50, help="images per batch"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+) -> None:
+    """Print the FID (or Fréchet distance in other features) between samples and a reference."""
+    from .evaluation import fid_of_paths
+
+    name, value = fid_of_paths(samples, ref, features, inception_weights, batch, device, progress=console.is_terminal)
+    console.print(f"{name}: {value:.6f}", highlight=False, soft_wrap=True)
