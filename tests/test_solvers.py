@@ -272,3 +272,19 @@ def test_bad_input_errors(gmm):
         dpms.sample(gmm, gmm.schedule, x_T, t_start=0.5, t_end=0.6)
     with pytest.raises(DpmsError, match="NaN"):
         dpms.sample(lambda x, t: x * float("nan"), gmm.schedule, x_T, solver="dpm2m")
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpm3", "dpmpp3m", "pndm", "dpm23", "rk45"])
+def test_nan_from_the_network_is_one_line_naming_the_first_bad_call(gmm, solver):
+    """Fixed-step solvers check finiteness after the loop (no per-call host sync); adaptive ones at once."""
+    calls = []
+
+    def broken(x, t):
+        calls.append(1)
+        eps = gmm(x, t)
+        return eps * float("nan") if len(calls) == 3 else eps
+
+    nfe = 15 if solver == "pndm" else 10
+    with pytest.raises(DpmsError, match=r"NaN/inf at call 3 of \d+ \(t=") as error:
+        dpms.sample(broken, gmm.schedule, gmm.prior(4), solver=solver, nfe=nfe)
+    assert "\n" not in str(error.value)

@@ -35,22 +35,43 @@ class SampleInfo:
 
 
 class CountingNoiseFn:
-    """Counts network calls, and rejects non-finite predictions before they spread."""
+    """Counts network calls, and remembers whether any prediction was non-finite.
 
-    def __init__(self, noise_fn, check_finite: bool):
+    The finiteness flag of each call stays on the device (no host synchronisation inside the sampling
+    loop); `raise_if_non_finite` reads them once, after the loop. Adaptive solvers synchronise every
+    step anyway (to accept or reject it) and a NaN error estimate would never be accepted, so with
+    `eager=True` each call is checked at once.
+    """
+
+    def __init__(self, noise_fn, check_finite: bool, eager: bool = False):
         self.noise_fn = noise_fn
         self.calls = 0
         self.check_finite = check_finite
+        self.eager = eager
+        self._finite: list[Tensor] = []
+        self._times: list[Tensor] = []
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.calls += 1
         eps = self.noise_fn(x, t)
-        if self.check_finite and not bool(torch.isfinite(eps).all()):
-            raise DpmsError(
-                f"the network returned NaN/inf at call {self.calls} (t={float(t.reshape(-1)[0]):.4g}); "
-                "check the checkpoint and --dtype (try fp32)"
-            )
+        if self.check_finite:
+            self._finite.append(torch.isfinite(eps).all())
+            self._times.append(t.reshape(-1)[0])
+            if self.eager:
+                self.raise_if_non_finite()
         return eps
+
+    def raise_if_non_finite(self) -> None:
+        if not self._finite:
+            return
+        finite = torch.stack(self._finite)
+        if bool(finite.all()):
+            return
+        first = int((~finite).nonzero()[0, 0])
+        raise DpmsError(
+            f"the network returned NaN/inf at call {first + 1} of {self.calls} (t={float(self._times[first]):.4g}); "
+            "check the checkpoint and --dtype (try fp32)"
+        )
 
 
 def per_sample_randn(seeds, device=None, dtype=None):
@@ -145,9 +166,10 @@ def sample(
     ts, skip, options = _prepare(spec, schedule, x_T.dtype, x_T.device, nfe, skip, t_start, t_end, timesteps, dict(options))
     if spec.stochastic:
         options["randn"] = per_sample_randn(seeds if seeds is not None else [seed + i for i in range(x_T.shape[0])])
-    counted = CountingNoiseFn(noise_fn, check_finite)
+    counted = CountingNoiseFn(noise_fn, check_finite, eager=spec.adaptive)
     with torch.inference_mode():
         x = spec.fn(counted, schedule, x_T, ts, **options)
+    counted.raise_if_non_finite()
     if timesteps is None and not spec.adaptive and counted.calls != nfe:
         raise RuntimeError(f"internal error: solver {solver!r} made {counted.calls} network calls for nfe={nfe}")
     info = SampleInfo(solver=solver, nfe=counted.calls, skip=skip, timesteps=ts)
