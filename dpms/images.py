@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .atomic import atomic_write
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -47,13 +47,5 @@ def save_grid(images_uint8: Tensor, path: Path, nrow: int | None = None, scale: 
 
 
 def atomic_save_npz(path: Path, **arrays) -> None:
-    """np.savez into a temp file in the same folder, then os.replace: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """np.savez, written atomically (dpms.atomic): readers never see half a file."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))

@@ -16,32 +16,14 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from ..atomic import atomic_write_text
 from ..plot import Series, line_plot
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 CSV_FIELDS = ("label", "solver", "column", "nfe", "nfe_used", "metric", "fid", "paper", "delta", "confidence",
               "num", "seconds", "images_per_s", "ode_error", "t_end", "skip", "key")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to a temp file beside `path`, flush it to disk, then os.replace it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give results the usual permissions
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cell_path(out_dir: Path, key: str) -> Path:
@@ -138,7 +120,7 @@ def markdown(config, metric: str, cells, records: dict[str, dict], skipped, worl
         f"- published numbers: {config.source or 'none'} (confidence: {config.confidence})",
         f"- cells: {len(done)} of {len(cells)} finished, {len(skipped)} impossible (n/a)",
         "",
-        f"Each cell: ours (paper, Δ = ours − paper); 'value @N': N = NFE used (adaptive solvers"
+        "Each cell: ours (paper, Δ = ours − paper); 'value @N': N = NFE used (adaptive solvers"
         + (", and every cell of a table by steps" if config.axis == "steps" else "") + f"). Rows: solvers; columns: {axis}.",
         "",
         _markdown_table(f"solver \\ {axis}", header, rows),
