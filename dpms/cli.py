@@ -276,6 +276,7 @@ def bench_command(
     check: Optional[Path] = typer.Option(None, help="baseline results.json: exit 1 if a cell moved beyond --tol or is missing"),
     tol: float = typer.Option(0.0, help="absolute tolerance of --check (default 0: exact)"),
     rel_tol: float = typer.Option(0.0, help="relative tolerance of --check (a cell may move by max(tol, rel_tol·|baseline|))"),
+    check_subset: bool = typer.Option(False, "--check-subset", help="--check only the cells this run has (a reduced grid against a full table)"),
 ) -> None:
     """Run a benchmark config (default: the digits model, every solver × NFE, < 10 min on 2 CPU cores).
 
@@ -301,7 +302,7 @@ def bench_command(
     console.print(result.table)
     console.print(f"{len(result.computed)} cells run now, {len(result.records) - len(result.computed)} loaded → {result.out_dir}", highlight=False)
     if baseline is not None:
-        outcome = compare(result.records, baseline, tol, rel_tol)
+        outcome = compare(result.records, baseline, tol, rel_tol, subset=check_subset)
         print_check(outcome, check, tol, rel_tol, console)
         if not outcome.ok:
             raise typer.Exit(1)
@@ -343,3 +344,48 @@ def fid_command(
 
     name, value = fid_of_paths(samples, ref, features, inception_weights, batch, device, progress=console.is_terminal)
     console.print(f"{name}: {value:.6f}", highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# dpms speed  (loop time against NFE × forward, and against diffusers; dpms/speed.py)
+# ---------------------------------------------------------------------------------------------
+@app.command("speed")
+def speed_command(
+    model: str = typer.Option("digits", help="'gmm', 'digits' or a checkpoint preset (see `dpms models`)"),
+    solver: str = typer.Option("dpm3", help="fixed-NFE ODE solver (see `dpms solvers`)"),
+    nfe: int = typer.Option(10, help="network evaluations per sample"),
+    batch: str = typer.Option("256", help="samples per batch, or 'auto' (CUDA: largest that fits; CPU: best images/s)"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("fp32", help="network precision: fp32, fp16 or bf16 (autocast)"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the network"),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network"),
+    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format for network and batch"),
+    repeats: int = typer.Option(5, help="timed repeats of each loop (median reported)"),
+    checkpoint: Optional[str] = typer.Option(None, help="checkpoint file or folder (default: the preset's file)"),
+    random_weights: bool = typer.Option(False, "--random-weights", help="time the preset's architecture with random weights (no file needed)"),
+    no_diffusers: bool = typer.Option(False, "--no-diffusers", help="skip the diffusers comparison"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON (atomically)"),
+) -> None:
+    """Time the sampling loop against NFE × one forward pass and against diffusers' scheduler."""
+    import json
+
+    from .atomic import atomic_write_text
+    from .speed import format_report, measure_speed
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    if batch != "auto" and not batch.isdigit():
+        raise DpmsError(f"--batch takes a positive integer or 'auto', got {batch!r}")
+    report = measure_speed(
+        model, solver, nfe, batch if batch == "auto" else int(batch), device, dtype, compile=compile, cuda_graphs=cuda_graphs,
+        channels_last=channels_last, repeats=repeats, checkpoint=checkpoint, random_weights=random_weights,
+        diffusers=not no_diffusers,
+    )
+    for line in format_report(report):
+        console.print(line, highlight=False, soft_wrap=True)
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
+        console.print(f"→ {json_out}", highlight=False)

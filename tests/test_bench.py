@@ -337,3 +337,19 @@ def test_digits_cells_write_sample_grids_and_use_digit_features(tmp_path):
     assert all(r["metric"] == "FD (digits features)" and r["fid"] > 0 for r in result.records)
     # a grid per solver at NFE 10, or the next NFE it can run
     assert sorted(p.name for p in tmp_path.glob("samples_*.png")) == ["samples_ddim_nfe10.png", "samples_rk3_nfe12.png"]
+
+
+def test_ci_guard_digits_reduced_grid_matches_the_committed_table(tmp_path, capsys):
+    """A reduced grid of the built-in benchmark (same samples per cell) against the committed
+    results/digits/results.json: the shipped model, the digit features and the solvers must still
+    give the published table's numbers."""
+    baseline = REPO / "results" / "digits" / "results.json"
+    code = main(["bench", "--solvers", "ddim,dpm2,dpm3m,dpmpp2m", "--nfe", "10,20", "--out", str(tmp_path),
+                 "--check", str(baseline), "--check-subset", "--rel-tol", "1e-3"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed[-3000:]
+    assert "check passed: 8 cells compared" in printed
+    # a different number of samples is never compared as if it were the same cell
+    code = main(["bench", "--solvers", "ddim", "--nfe", "10", "--num", "50", "--out", str(tmp_path / "small"),
+                 "--check", str(baseline), "--check-subset"])
+    assert code == 1 and "50 samples vs 600" in capsys.readouterr().out

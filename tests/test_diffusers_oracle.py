@@ -46,12 +46,13 @@ def test_ddim_matches_diffusers_ddim_scheduler(model):
     assert torch.allclose(ours_dpm1.float(), ref, atol=2e-4)
 
 
-@pytest.mark.parametrize("algorithm,solver", [("dpmsolver++", "dpmpp2m"), ("dpmsolver", "dpm2m")])
-def test_multistep_matches_diffusers_dpm_solver_multistep(model, algorithm, solver):
+@pytest.mark.parametrize("algorithm,solver,order", [("dpmsolver++", "dpmpp2m", 2), ("dpmsolver", "dpm2m", 2),
+                                                   ("dpmsolver++", "dpmpp3m", 3), ("dpmsolver", "dpm3m", 3)])
+def test_multistep_matches_diffusers_dpm_solver_multistep(model, algorithm, solver, order):
     x_T = model.prior(16, torch.Generator().manual_seed(1), dtype=torch.float32)
     scheduler = diffusers.DPMSolverMultistepScheduler(
         num_train_timesteps=N, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-        algorithm_type=algorithm, solver_order=2, solver_type="midpoint", lower_order_final=True,
+        algorithm_type=algorithm, solver_order=order, solver_type="midpoint", lower_order_final=True,
         timestep_spacing="linspace", final_sigmas_type="sigma_min", use_karras_sigmas=False,
     )
     steps = 20  # ≥ 15: diffusers lowers the final order below 15 steps, the official code below 10

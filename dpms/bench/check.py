@@ -3,7 +3,9 @@
 Cells are matched by row label and column (`cell_id`: "dpm3@10", "dpm23@adaptive"). A cell moved when
 |ours − baseline| > max(tol, rel_tol·|baseline|) for its metric value ("fid") — or for its error against
 the exact ODE solution ("ode_error") when both runs measured it — or when the two measure different
-metrics. A baseline cell absent from this run also fails the check (the guard must not pass by running less).
+metrics, or were run with a different number of samples. A baseline cell absent from this run also fails
+the check (the guard must not pass by running less) — unless `subset=True` (`--check-subset`): then only
+the cells this run has are compared, which is how CI checks a reduced grid against a full committed table.
 """
 
 from __future__ import annotations
@@ -55,10 +57,14 @@ def load_baseline(path: str | Path) -> list[dict]:
     return cells
 
 
-def compare(records: list[dict], baseline: list[dict], tol: float, rel_tol: float = 0.0) -> CheckResult:
+def compare(records: list[dict], baseline: list[dict], tol: float, rel_tol: float = 0.0, subset: bool = False) -> CheckResult:
     if tol < 0 or rel_tol < 0:
         raise DpmsError(f"--tol and --rel-tol must be ≥ 0, got {tol} and {rel_tol}")
     ours = {cell_id(r): r for r in records}
+    if subset:
+        baseline = [b for b in baseline if cell_id(b) in ours]
+        if not baseline:
+            raise DpmsError("--check-subset: no cell of this run is in the baseline; run some of the baseline's solvers and NFEs")
     result = CheckResult()
     for base in baseline:
         name = cell_id(base)
@@ -69,6 +75,9 @@ def compare(records: list[dict], baseline: list[dict], tol: float, rel_tol: floa
         result.compared += 1
         if mine["metric"] != base["metric"]:
             result.moved.append(Moved(name, "fid", mine["fid"], base["fid"], f"metric {mine['metric']} vs {base['metric']}"))
+            continue
+        if mine.get("num") is not None and base.get("num") is not None and mine["num"] != base["num"]:
+            result.moved.append(Moved(name, "fid", mine["fid"], base["fid"], f"{mine['num']} samples vs {base['num']}: rerun with --num {base['num']}"))
             continue
         for quantity in COMPARED:
             if mine.get(quantity) is None or base.get(quantity) is None:
