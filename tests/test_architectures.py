@@ -9,9 +9,6 @@ under other names) and against torch's own attention.
 from __future__ import annotations
 
 import json
-import os
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,10 +23,7 @@ from dpms.models.diffusers_format import (
     load_diffusers_unet,
 )
 
-from conftest import REFERENCE as _REFERENCE_ROOT  # <repo>/../shared/reference, or $DPMS_REFERENCE
-
-REFERENCE = _REFERENCE_ROOT / "checkpoint-keys"
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir() and not os.environ.get("CI"), reason=f"reference key lists not found at {REFERENCE}")
+from conftest import KEYS as REFERENCE, needs_reference, reference_keys, reference_summary  # <repo>/../shared/reference, or $DPMS_REFERENCE
 
 # checkpoints.md §1 (the DDIM configs' `model` sections).
 DDPM_CONFIGS = {
@@ -46,22 +40,10 @@ DIGITS_CONFIG = dict(ch=32, out_ch=1, ch_mult=(1, 2, 2), num_res_blocks=2, attn_
 OLD_ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
 
-def _reference_keys(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    rows = []
-    for line in (REFERENCE / f"{name}.txt").read_text().splitlines():
-        key, shape = line.split("\t")[:2]
-        rows.append((key, tuple(int(n) for n in re.findall(r"\d+", shape))))
-    return rows
-
-
-def _summary() -> dict:
-    return json.loads((REFERENCE / "summary.json").read_text())
-
-
 def _arch_and_config(name: str) -> tuple[str, dict]:
     if name in DDPM_CONFIGS:
         return "ddpm", DDPM_CONFIGS[name]
-    entry = _summary()[name]
+    entry = reference_summary()[name]
     if "encoder_kwargs" in entry:
         return "adm-classifier", entry["encoder_kwargs"]
     return "adm", entry["unet_kwargs"]
@@ -87,8 +69,8 @@ def test_state_dict_equals_upstream_keys_shapes_and_param_count(name):
     with torch.device("meta"):
         net = build(arch, config)
     got = [(key, tuple(t.shape)) for key, t in net.state_dict().items()]
-    assert got == _reference_keys(name)
-    assert sum(p.numel() for p in net.parameters()) == _summary()[name]["params"]
+    assert got == reference_keys(name)
+    assert sum(p.numel() for p in net.parameters()) == reference_summary()[name]["params"]
 
 
 # --- diffusers conversion ------------------------------------------------------------------------------
@@ -107,12 +89,12 @@ def _old_attention_naming(key: str) -> str:
 )
 def test_diffusers_keys_map_exactly_onto_ddpm_keys(diffusers_name, ddpm_name, naming):
     rename = _old_attention_naming if naming == "query" else (lambda key: key)
-    diffusers_sd = {rename(key): torch.empty(shape, device="meta") for key, shape in _reference_keys(diffusers_name)}
+    diffusers_sd = {rename(key): torch.empty(shape, device="meta") for key, shape in reference_keys(diffusers_name)}
     if naming == "query":
         assert any(".proj_attn." in key for key in diffusers_sd)
     converted = ddpm_state_dict_from_diffusers(diffusers_sd)
     assert len(converted) == len(diffusers_sd)
-    assert sorted((k, tuple(v.shape)) for k, v in converted.items()) == sorted(_reference_keys(ddpm_name))
+    assert sorted((k, tuple(v.shape)) for k, v in converted.items()) == sorted(reference_keys(ddpm_name))
 
 
 TINY_DIFFUSERS_CONFIG = dict(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
 import re
 from pathlib import Path
 
@@ -36,10 +35,9 @@ from dpms.models.checkpoints import (
 from dpms.models.download import download
 from dpms.schedule import NoiseSchedule
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "checkpoint-keys"
-needs_reference = pytest.mark.skipif(
-    not REFERENCE.is_dir(), reason=f"reference key dumps not found at {REFERENCE} (CI puts shared/ beside the repo)"
-)
+from conftest import needs_reference, reference_keys, reference_summary  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # preset -> reference dump of the network it loads into. The LSUN church and cat checkpoints have no dump of
 # their own: they are the bedroom network (summary.json gives church the same count). diffusers presets load into the ddpm layout (their own dumps below).
@@ -140,27 +138,6 @@ TINY_NCSNPP = dict(nf=16, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4]
 
 
 # ------------------------------------------------------------------------------------------ helpers
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The networks here are tiny: one thread is fastest, and avoids OpenMP stalls on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _reference_keys(name: str) -> list[tuple[str, tuple[int, ...]]]:
-    rows = []
-    for line in (REFERENCE / f"{name}.txt").read_text().splitlines():
-        key, shape = line.split("\t")[:2]
-        rows.append((key, tuple(int(n) for n in re.findall(r"\d+", shape))))
-    return rows
-
-
-def _summary() -> dict:
-    return json.loads((REFERENCE / "summary.json").read_text())
-
-
 def _network(preset: str, override: dict, seed: int = 0) -> torch.nn.Module:
     """A tiny network of the preset's architecture with every weight randomised (no near-zero init layers,
     so outputs depend on every tensor)."""
@@ -223,11 +200,11 @@ def test_preset_network_has_the_published_keys_shapes_and_parameter_count(name):
     preset = get_preset(name)
     with torch.device("meta"):
         net = build(preset.arch, preset.config)
-    assert [(k, tuple(v.shape)) for k, v in net.state_dict().items()] == _reference_keys(KEY_FILES[name])
+    assert [(k, tuple(v.shape)) for k, v in net.state_dict().items()] == reference_keys(KEY_FILES[name])
     count = sum(p.numel() for p in net.parameters())
-    assert count == _summary()[KEY_FILES[name]]["params"] == preset.params
+    assert count == reference_summary()[KEY_FILES[name]]["params"] == preset.params
     if preset.format == "score_sde":  # shadow_params are matched by position: the counts must agree
-        assert len(list(net.parameters())) == _summary()[KEY_FILES[name]]["ema_shadow_params_len"]
+        assert len(list(net.parameters())) == reference_summary()[KEY_FILES[name]]["ema_shadow_params_len"]
 
 
 @needs_reference
@@ -235,7 +212,7 @@ def test_preset_network_has_the_published_keys_shapes_and_parameter_count(name):
 def test_diffusers_preset_keys_convert_onto_its_network(name):
     from dpms.models.diffusers_format import ddpm_state_dict_from_diffusers
 
-    diffusers_state = {k: torch.empty(s, device="meta") for k, s in _reference_keys(DIFFUSERS_KEY_FILES[name])}
+    diffusers_state = {k: torch.empty(s, device="meta") for k, s in reference_keys(DIFFUSERS_KEY_FILES[name])}
     converted = ddpm_state_dict_from_diffusers(diffusers_state)
     with torch.device("meta"):
         net = build("ddpm", get_preset(name).config)

@@ -1,10 +1,8 @@
 """score_sde NCSN++ / DDPM++ / DDPM networks: exact upstream state_dict layout for the three continuous VP
 CIFAR-10 checkpoints, forward semantics, init_scale=0 structure, FIR resampling and config errors."""
 
-import json
 import math
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +19,9 @@ from dpms.models.ncsnpp import (
     timestep_embedding,
 )
 
-from conftest import REFERENCE as _REFERENCE_ROOT  # <repo>/../shared/reference, or $DPMS_REFERENCE
+from conftest import KEYS, reference_rows, reference_summary  # <repo>/../shared/reference, or $DPMS_REFERENCE
 
-REFERENCE = _REFERENCE_ROOT / "checkpoint-keys"
+REFERENCE = KEYS
 
 # configs/default_cifar10_configs.py model + data keys, as every score_sde CIFAR-10 config inherits them.
 _SSDE_DEFAULTS = dict(
@@ -49,32 +47,18 @@ CHECKPOINT_CONFIGS = {
 TINY = dict(nf=16, ch_mult=(1, 2), num_res_blocks=1, image_size=8, attn_resolutions=(4,))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: on a shared 2-core machine, OpenMP hand-offs cost far more than the maths."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _reference_keys(name: str) -> list[tuple[str, tuple[int, ...], str]]:
-    rows = []
-    for line in (REFERENCE / f"{name}.txt").read_text().splitlines():
-        key, shape, dtype = line.split("\t")
-        rows.append((key, tuple(int(n) for n in shape.strip("()").split(",") if n.strip()), dtype))
-    return rows
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.skipif(not REFERENCE.is_dir() and not os.environ.get("CI"), reason=f"reference key lists not found at {REFERENCE}")
 @pytest.mark.parametrize("name", sorted(CHECKPOINT_CONFIGS))
 def test_state_dict_matches_upstream_checkpoint(name):
-    summary = json.loads((REFERENCE / "summary.json").read_text())[name]
+    summary = reference_summary()[name]
     with torch.device("meta"):
         model = NCSNpp(CHECKPOINT_CONFIGS[name])
     state = model.state_dict()
     got = [(key, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for key, t in state.items()]
-    assert got == _reference_keys(name)
+    assert got == reference_rows(name)
     assert state["sigmas"].dtype == torch.float64
 
     params = list(model.named_parameters())
