@@ -25,7 +25,7 @@ All methods take tensors of any float dtype and device and return the same dtype
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -70,6 +70,32 @@ class NoiseSchedule:
     t_array: Tensor | None = None  # discrete: (N,) increasing, float64
     log_alpha_array: Tensor | None = None  # discrete: (N,), float64
     name: str = ""
+    grid: dict | None = None  # set by `on_grid`: a time grid and log α, α, σ, λ at its points
+
+    # ------------------------------------------------------------------ a sampling loop's grid
+    def on_grid(self, ts: Tensor) -> "NoiseSchedule":
+        """This schedule with log α, α, σ and λ of every point of the time grid `ts` computed once.
+
+        A solver steps over 0-d views of `ts` (`for s, t in zip(ts[:-1], ts[1:])`); for those the
+        methods below return the precomputed value (recognised by storage and offset, without reading the
+        tensor, so without a host sync) instead of recomputing the table interpolation every step.
+        Any other time (a singlestep solver's intermediate s₁) is computed as usual.
+        """
+        ts = ts.contiguous()
+        log_alpha = self.log_alpha(ts)
+        values = {"log_alpha": log_alpha, "alpha": torch.exp(log_alpha), "sigma": self.sigma(ts), "lambda": self.lambda_(ts)}
+        grid = {"ptr": ts.untyped_storage().data_ptr(), "offset": ts.storage_offset(), "n": ts.numel(),
+                "dtype": ts.dtype, "device": ts.device, "values": values}
+        return replace(self, grid=grid)
+
+    def _cached(self, quantity: str, t) -> Tensor | None:
+        grid = self.grid
+        if grid is None or not isinstance(t, Tensor) or t.dim() != 0 or t.dtype != grid["dtype"] or t.device != grid["device"]:
+            return None
+        if t.untyped_storage().data_ptr() != grid["ptr"]:
+            return None
+        i = t.storage_offset() - grid["offset"]
+        return grid["values"][quantity][i] if 0 <= i < grid["n"] else None
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -144,6 +170,8 @@ class NoiseSchedule:
     # ------------------------------------------------------------------ α, σ, λ
     def log_alpha(self, t) -> Tensor:
         """log α_t."""
+        if (cached := self._cached("log_alpha", t)) is not None:
+            return cached
         t = _as_tensor(t)
         if self.kind == "discrete":
             return interpolate(t, self.t_array, self.log_alpha_array)
@@ -167,10 +195,14 @@ class NoiseSchedule:
 
     def alpha(self, t) -> Tensor:
         """α_t = exp(log α_t)."""
+        if (cached := self._cached("alpha", t)) is not None:
+            return cached
         return torch.exp(self.log_alpha(t))
 
     def sigma(self, t) -> Tensor:
         """σ_t = sqrt(1 - α_t²), computed as sqrt(-expm1(2 log α_t)) for accuracy near t = 0."""
+        if (cached := self._cached("sigma", t)) is not None:
+            return cached
         return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
 
     def log_sigma(self, t) -> Tensor:
@@ -178,6 +210,8 @@ class NoiseSchedule:
 
     def lambda_(self, t) -> Tensor:
         """Half log-SNR λ_t = log α_t - log σ_t (paper Sec. 3.1)."""
+        if (cached := self._cached("lambda", t)) is not None:
+            return cached
         log_alpha = self.log_alpha(t)
         return log_alpha - 0.5 * torch.log(-torch.expm1(2.0 * log_alpha))
 

@@ -101,3 +101,17 @@ def test_from_spec_and_errors():
     with pytest.raises(ValueError, match="exactly one"):
         NoiseSchedule.discrete()
     assert issubclass(DpmsError, Exception)
+
+
+@pytest.mark.parametrize("schedule", [NoiseSchedule.discrete_linear(), NoiseSchedule.discrete_cosine(), NoiseSchedule.linear(), NoiseSchedule.cosine()], ids=["dlinear", "dcosine", "linear", "cosine"])
+def test_on_grid_serves_grid_points_from_the_precomputed_table(schedule):
+    ts = torch.linspace(schedule.T, schedule.t_end, 11, dtype=torch.float64)
+    cached = schedule.on_grid(ts)
+    for t in ts:  # 0-d views of the grid, as the solvers step over them
+        for quantity in ("log_alpha", "alpha", "sigma", "lambda_"):
+            torch.testing.assert_close(getattr(cached, quantity)(t), getattr(schedule, quantity)(t), rtol=1e-14, atol=0)
+    assert cached.alpha(ts[4]) is not None and cached._cached("alpha", ts[4]) is not None
+    other = torch.tensor(0.5, dtype=torch.float64)  # not a grid point: computed as usual
+    assert cached._cached("alpha", other) is None
+    torch.testing.assert_close(cached.alpha(other), schedule.alpha(other), rtol=0, atol=0)
+    assert cached._cached("alpha", ts.float()[2]) is None  # another dtype is another tensor

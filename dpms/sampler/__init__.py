@@ -168,7 +168,8 @@ def sample(
         options["randn"] = per_sample_randn(seeds if seeds is not None else [seed + i for i in range(x_T.shape[0])])
     counted = CountingNoiseFn(noise_fn, check_finite, eager=spec.adaptive)
     with torch.inference_mode():
-        x = spec.fn(counted, schedule, x_T, ts, **options)
+        # α, σ, λ of every grid point computed once; the solver still sees only a NoiseSchedule.
+        x = spec.fn(counted, schedule.on_grid(ts), x_T, ts, **options)
     counted.raise_if_non_finite()
     if timesteps is None and not spec.adaptive and counted.calls != nfe:
         raise RuntimeError(f"internal error: solver {solver!r} made {counted.calls} network calls for nfe={nfe}")
