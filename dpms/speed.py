@@ -1,0 +1,385 @@
+"""`dpms speed`: what a sample costs, measured against its floor and against diffusers.
+
+The floor of an ODE sampler is NFE × (one network forward pass at that batch): everything else the
+loop does (grid, coefficients, the linear combinations of the updates) is overhead. `measure_speed`
+times, in one run and interleaved so that both see the same machine state,
+
+* one forward pass of the wrapped network at the batch (`forward_seconds`, median of `repeats`),
+* the whole dpms sampling loop (`loop_seconds`: `dpms.sample`, grid construction included),
+* the same network driven by the diffusers scheduler that implements the same solver at the same NFE
+  (`diffusers_seconds`; DDIMScheduler, DPMSolverSinglestepScheduler, DPMSolverMultistepScheduler,
+  PNDMScheduler), when diffusers is installed,
+
+and reports overhead = loop / (NFE × forward) and vs_diffusers = diffusers / dpms (> 1: dpms faster).
+Peak memory of the loop is reported next to the peak of one forward pass: the difference, in units
+of the batch's size, is what the solver keeps alive (its O(order) history).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+import weakref
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from . import sampler
+from .errors import DpmsError
+from .generate import DTYPES
+from .schedule import NoiseSchedule
+
+# dpms solver -> (diffusers scheduler class, its options, NFE -> num_inference_steps)
+DIFFUSERS_EQUIVALENT = {
+    "ddim": ("DDIMScheduler", {}, lambda nfe: nfe),
+    "dpm1": ("DDIMScheduler", {}, lambda nfe: nfe),
+    "dpm2": ("DPMSolverSinglestepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver", "lower_order_final": True, "final_sigmas_type": "sigma_min"}, lambda nfe: nfe),
+    "dpm3": ("DPMSolverSinglestepScheduler", {"solver_order": 3, "algorithm_type": "dpmsolver", "lower_order_final": True, "final_sigmas_type": "sigma_min"}, lambda nfe: nfe),
+    "dpmpp2s": ("DPMSolverSinglestepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver++", "lower_order_final": True}, lambda nfe: nfe),
+    "dpm2m": ("DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}, lambda nfe: nfe),
+    "dpm3m": ("DPMSolverMultistepScheduler", {"solver_order": 3, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}, lambda nfe: nfe),
+    "dpmpp2m": ("DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver++"}, lambda nfe: nfe),
+    "dpmpp3m": ("DPMSolverMultistepScheduler", {"solver_order": 3, "algorithm_type": "dpmsolver++"}, lambda nfe: nfe),
+    # F-PNDM: 3 pseudo-RK steps of 4 calls, then one call per step: NFE = steps + 9 (diffusers: the same).
+    # diffusers' PNDMScheduler needs at least 4 steps (NFE 13).
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": False}, lambda nfe: nfe - 9 if nfe >= 13 else 0),
+}
+
+
+@dataclass
+class SpeedReport:
+    model: str
+    solver: str
+    nfe: int  # network calls per sample, counted
+    batch: int
+    device: str
+    dtype: str
+    compile: bool
+    channels_last: bool
+    repeats: int
+    forward_seconds: float  # median, one forward pass at `batch`
+    loop_seconds: float  # median, one whole dpms sampling loop at `batch`
+    seconds_per_image: float
+    images_per_second: float
+    overhead: float  # loop / (nfe × forward); 1.0 is the floor
+    diffusers_scheduler: str | None = None
+    diffusers_seconds: float | None = None
+    vs_diffusers: float | None = None  # diffusers time / dpms time
+    peak_forward_bytes: int | None = None  # memory allocated by one forward pass at `batch`
+    peak_loop_bytes: int | None = None  # memory allocated during the whole sampling loop
+    batch_bytes: int = 0  # one copy of the batch
+    solver_state_batches: float | None = None  # (peak_loop − peak_forward) / batch_bytes
+    memory_method: str = ""
+    fid50k_seconds_estimate: float | None = None  # 50,000 × seconds_per_image
+    note: str = ""
+    samples: dict = field(default_factory=dict)  # every timing, seconds
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------- memory
+class AllocationTracker(TorchDispatchMode):
+    """Peak bytes of tensor storage created while active and still alive (any device).
+
+    Every op's output whose storage is new is counted until its last tensor dies. This sees what the
+    Python-visible computation keeps alive (solver history, activations between layers), not kernel
+    workspaces; on CUDA `torch.cuda.max_memory_allocated` is exact and is used instead.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, list] = {}  # storage pointer -> [bytes, number of live tensors]
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, key: int) -> None:
+        entry = self.live.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.live[key]
+
+    def _track(self, tensor: Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key == 0:
+            return
+        if key in self.live:
+            self.live[key][1] += 1
+        else:
+            self.live[key] = [storage.nbytes(), 1]
+            self.current += storage.nbytes()
+            self.peak = max(self.peak, self.current)
+        weakref.finalize(tensor, self._release, key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(tensor, Tensor) and not tensor.is_meta:
+                self._track(tensor)
+        return out
+
+
+def peak_bytes(fn, device: torch.device) -> tuple[int, str]:
+    """(peak bytes allocated while fn runs, how it was measured)."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - base, "torch.cuda.max_memory_allocated"
+    with AllocationTracker() as tracker:
+        fn()
+    return tracker.peak, "live tensor storage created during the call (dpms.speed.AllocationTracker)"
+
+
+# ------------------------------------------------------------------------------------- diffusers
+def _diffusers_loop(solver: str, schedule, noise_fn, nfe: int, device: torch.device):
+    """A function x_T -> x_0 running diffusers' scheduler for `solver` with `noise_fn` as the network.
+
+    The scheduler gets the schedule's own ᾱ table (for continuous schedules, its values at
+    t_n = (n+1)/1000); diffusers' step index n is handed to `noise_fn` as t_n = (n+1)/N, which the
+    discrete time map turns back into n — so both loops call the very same network the same way.
+    """
+    import diffusers
+
+    name, options, steps_for = DIFFUSERS_EQUIVALENT[solver]
+    steps = steps_for(nfe)
+    if steps < 1:
+        raise DpmsError(f"diffusers' {name} cannot run {solver} at NFE {nfe}")
+    N = schedule.N if schedule.is_discrete else 1000
+    t_n = torch.arange(1, N + 1, dtype=torch.float64) / N
+    alphas_cumprod = schedule.alpha(t_n) ** 2
+    betas = 1.0 - alphas_cumprod / torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    with warnings.catch_warnings():  # diffusers deprecates algorithm_type="dpmsolver" (noise prediction)
+        warnings.simplefilter("ignore", FutureWarning)
+        scheduler = getattr(diffusers, name)(num_train_timesteps=N, trained_betas=betas.numpy(), **options)
+
+    def run(x: Tensor) -> Tensor:
+        scheduler.set_timesteps(steps, device=device)
+        for n in scheduler.timesteps:
+            t = ((n.to(torch.float64) + 1) / N).to(x.dtype).expand(x.shape[0])
+            x = scheduler.step(noise_fn(x, t), n, x).prev_sample
+        return x
+
+    def count_calls() -> int:
+        scheduler.set_timesteps(steps, device=device)
+        return len(scheduler.timesteps)
+
+    return run, name, count_calls
+
+
+# ------------------------------------------------------------------------------------- targets
+def speed_target(model: str, checkpoint: str | None, device: str, random_weights: bool, seed: int = 0):
+    """(noise_fn factory, schedule, sample shape, network or None) for `gmm`, `digits` or any preset.
+
+    `random_weights` builds the preset's network with its published configuration and random weights
+    (timing does not depend on the weights), so real architectures are measured without their files.
+    """
+    if model == "gmm":
+        from .models import GaussianMixture
+
+        gmm = GaussianMixture.default()
+        return (lambda autocast=None: gmm), gmm.schedule, (gmm.dim,), None
+    from .models import build, checkpoints
+    from .models.checkpoints import LoadedModel, image_shape_of
+
+    if random_weights:
+        preset = checkpoints.get_preset(model)
+        if preset.kind != "model":
+            raise DpmsError(f"{model} is a {preset.kind} preset; `dpms speed` times diffusion models")
+        torch.manual_seed(seed)
+        net = build(preset.arch, preset.config).to(device).eval().requires_grad_(False)
+        loaded = LoadedModel(name=model, net=net, schedule=NoiseSchedule.from_spec(preset.schedule), preset=preset,
+                             config=dict(preset.config), image_shape=image_shape_of(preset.arch, preset.config),
+                             num_classes=preset.num_classes if preset.arch != "adm" else preset.config.get("num_classes"),
+                             classifier_preset=preset.classifier)
+    else:
+        loaded = checkpoints.load(model, checkpoint=checkpoint, device=device)
+    if loaded.num_classes:
+        labels_fixed = torch.arange(loaded.num_classes, device=device)
+
+        def make(autocast=None, batch=1):
+            y = labels_fixed[torch.arange(batch, device=device) % loaded.num_classes]
+            return loaded.noise_fn(y=y, autocast_dtype=autocast)
+    else:
+        def make(autocast=None, batch=1):
+            return loaded.noise_fn(autocast_dtype=autocast)
+    return make, loaded.schedule, tuple(loaded.image_shape), loaded
+
+
+def auto_batch(forward_at, device: torch.device, start: int = 16, limit: int = 8192) -> int:
+    """The batch to time: on CUDA the largest power of two whose forward pass fits in memory (up to
+    `limit`); on CPU the power of two after which images/s stop improving by 5 %."""
+    best, best_rate, batch = start, 0.0, start
+    while batch <= limit:
+        try:
+            seconds = min(_timed(lambda: forward_at(batch), device) for _ in range(2))
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            break
+        rate = batch / seconds
+        if device.type != "cuda" and rate < 1.05 * best_rate:
+            break
+        best, best_rate, batch = batch, rate, batch * 2
+    return best
+
+
+# ------------------------------------------------------------------------------------- main
+def measure_speed(
+    model: str = "digits",
+    solver: str = "dpm3",
+    nfe: int = 10,
+    batch: int | str = 256,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    compile: bool = False,
+    cuda_graphs: bool = False,
+    channels_last: bool = False,
+    repeats: int = 5,
+    checkpoint: str | None = None,
+    random_weights: bool = False,
+    diffusers: bool = True,
+    memory: bool = True,
+    progress=None,
+) -> SpeedReport:
+    """Time `solver` at `nfe` against one forward pass and against diffusers (see the module doc)."""
+    if dtype not in DTYPES:
+        raise DpmsError(f"unknown --dtype {dtype!r}; use fp32, fp16 or bf16")
+    if repeats < 1:
+        raise DpmsError(f"--repeats must be at least 1, got {repeats}")
+    spec = sampler.get_solver(solver)
+    if spec.adaptive or spec.stochastic:
+        raise DpmsError(f"`dpms speed` times fixed-NFE ODE solvers; {solver} is {'adaptive' if spec.adaptive else 'stochastic'}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DpmsError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    make, schedule, shape, loaded = speed_target(model, checkpoint, device, random_weights)
+    sampler.validate(solver, schedule, nfe=nfe)  # impossible NFE: one line, before any work
+    x_dtype = torch.float64 if model == "gmm" else torch.float32
+    if loaded is not None:
+        if channels_last:
+            loaded.net.to(memory_format=torch.channels_last)
+        if compile or cuda_graphs:
+            loaded.net = torch.compile(loaded.net, mode="reduce-overhead" if cuda_graphs else None)
+    autocast = DTYPES[dtype]
+    memory_format = torch.channels_last if channels_last and len(shape) == 3 else torch.contiguous_format
+
+    def inputs(b: int) -> Tensor:
+        g = torch.Generator().manual_seed(0)
+        return torch.randn((b, *shape), generator=g, dtype=x_dtype).to(dev).contiguous(memory_format=memory_format)
+
+    def forward_at(b: int):
+        fn = make(autocast, b) if loaded is not None else make()
+        with torch.inference_mode():
+            return fn(inputs(b), torch.full((b,), 0.5, dtype=x_dtype, device=dev))
+
+    if batch == "auto":
+        batch = auto_batch(forward_at, dev)
+    batch = int(batch)
+    if batch < 1:
+        raise DpmsError(f"--batch must be positive or 'auto', got {batch}")
+    noise_fn = make(autocast, batch) if loaded is not None else make()
+    x_T = inputs(batch)
+    t_mid = torch.full((batch,), 0.5, dtype=x_dtype, device=dev)
+
+    def forward():
+        with torch.inference_mode():
+            noise_fn(x_T, t_mid)
+
+    info = {}
+
+    def loop():
+        _, info["sample"] = sampler.sample(noise_fn, schedule, x_T, solver=solver, nfe=nfe, return_info=True)
+
+    runners = {"forward": forward, "dpms": loop}
+    scheduler_name = None
+    note = []
+    if diffusers and solver in DIFFUSERS_EQUIVALENT:
+        try:
+            run, scheduler_name, count_calls = _diffusers_loop(solver, schedule, noise_fn, nfe, dev)
+        except ImportError:
+            note.append("diffusers is not installed: vs_diffusers not measured")
+        except DpmsError as e:
+            note.append(f"{e}: vs_diffusers not measured")
+        else:
+            if count_calls() != nfe:
+                raise RuntimeError(f"internal error: diffusers' {scheduler_name} makes {count_calls()} calls for NFE {nfe}")
+
+            def diffusers_run():
+                with torch.inference_mode():
+                    run(x_T)
+
+            runners["diffusers"] = diffusers_run
+    elif diffusers:
+        note.append(f"diffusers has no scheduler for {solver}: vs_diffusers not measured")
+    timings = {name: [] for name in runners}
+    for name, fn in runners.items():  # warm-up (and compilation)
+        fn()
+    for i in range(repeats):
+        for name, fn in runners.items():  # interleaved: every runner sees the same machine state
+            timings[name].append(_timed(fn, dev))
+        if progress is not None:
+            progress(i + 1, repeats)
+    median = {name: statistics.median(values) for name, values in timings.items()}
+    nfe_used = info["sample"].nfe
+    report = SpeedReport(
+        model=model, solver=solver, nfe=nfe_used, batch=batch, device=str(dev), dtype=dtype, compile=compile or cuda_graphs,
+        channels_last=channels_last, repeats=repeats, forward_seconds=median["forward"], loop_seconds=median["dpms"],
+        seconds_per_image=median["dpms"] / batch, images_per_second=batch / median["dpms"],
+        overhead=median["dpms"] / (nfe_used * median["forward"]),
+        diffusers_scheduler=scheduler_name,
+        diffusers_seconds=median.get("diffusers"),
+        vs_diffusers=median["diffusers"] / median["dpms"] if "diffusers" in median else None,
+        batch_bytes=x_T.numel() * x_T.element_size(),
+        fid50k_seconds_estimate=50_000 * median["dpms"] / batch,
+        note="; ".join(note),
+        samples=timings,
+    )
+    if memory:
+        report.peak_forward_bytes, report.memory_method = peak_bytes(forward, dev)
+        report.peak_loop_bytes, _ = peak_bytes(loop, dev)
+        report.solver_state_batches = (report.peak_loop_bytes - report.peak_forward_bytes) / report.batch_bytes
+    return report
+
+
+def format_report(r: SpeedReport) -> list[str]:
+    """Human-readable lines of a report."""
+    mib = lambda b: f"{b / 2**20:.1f} MiB" if b is not None else "—"  # noqa: E731
+    lines = [
+        f"{r.model} · {r.solver} · NFE {r.nfe} · batch {r.batch} · {r.device} {r.dtype}"
+        + (" · compiled" if r.compile else "") + (" · channels_last" if r.channels_last else ""),
+        f"forward {r.forward_seconds * 1e3:.2f} ms · loop {r.loop_seconds * 1e3:.2f} ms · "
+        f"overhead {r.overhead:.3f} (loop / (NFE × forward)) · {r.images_per_second:.1f} images/s · "
+        f"{r.seconds_per_image * 1e3:.3f} ms/image · 50k samples ≈ {r.fid50k_seconds_estimate / 60:.1f} min",
+    ]
+    if r.vs_diffusers is not None:
+        lines.append(f"diffusers {r.diffusers_scheduler}: {r.diffusers_seconds * 1e3:.2f} ms → vs_diffusers {r.vs_diffusers:.3f} (> 1: dpms faster)")
+    if r.peak_loop_bytes is not None:
+        lines.append(f"peak memory: forward {mib(r.peak_forward_bytes)}, sampling loop {mib(r.peak_loop_bytes)}; "
+                     f"solver state {r.solver_state_batches:.1f} × the batch ({mib(r.batch_bytes)})")
+    if r.note:
+        lines.append(r.note)
+    return lines
+
