@@ -102,6 +102,7 @@ def sample_command(
     guidance_scale: float = typer.Option(0.0, help="classifier guidance scale s"),
     labels: Optional[str] = typer.Option(None, help="class labels, comma-separated (default: random from the seed)"),
     no_png: bool = typer.Option(False, "--no-png", help="write only the .npz"),
+    no_verify: bool = typer.Option(False, "--no-verify", help="skip the published-hash check (your own weights in a preset's format)"),
     option: list[str] = typer.Option([], help="solver option key=value, repeatable (e.g. order_plan=fixed)"),
 ) -> None:
     """Sample a model with one solver; writes samples.npz (and PNGs + grid.png for images)."""
@@ -111,7 +112,7 @@ def sample_command(
     get_solver(solver)  # unknown solver: fail before loading anything
     options = _parse_options(option)
     class_labels = [int(v) for v in labels.split(",")] if labels else None
-    target = load_target(model, checkpoint, device, dtype, classifier, guidance_scale)
+    target = load_target(model, checkpoint, device, dtype, classifier, guidance_scale, verify_hash=not no_verify)
     summary = generate(
         target, solver, nfe, num, batch, seed, out, device=device, skip=skip, t_end=t_end,
         class_labels=class_labels, save_png=not no_png, console=console, **options,

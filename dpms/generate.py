@@ -43,8 +43,14 @@ def load_target(
     dtype: str = "fp32",
     classifier: str | None = None,
     guidance_scale: float = 0.0,
+    verify_hash: bool = True,
 ) -> Target:
-    """Resolve `--model` (the exact `gmm` or a checkpoint preset) into a sampling target."""
+    """Resolve `--model` (the exact `gmm` or a checkpoint preset) into a sampling target.
+
+    Labels are drawn for class-conditional networks, and for an unconditional network guided by a
+    classifier (guided-diffusion's 256×256 unconditional model): there they only choose the class whose
+    log-probability the guidance ascends.
+    """
     if dtype not in DTYPES:
         raise DpmsError(f"unknown --dtype {dtype!r}; use fp32, fp16 or bf16")
     if model == "gmm":
@@ -54,18 +60,20 @@ def load_target(
         return Target("gmm", gmm.schedule, (gmm.dim,), False, lambda y=None: gmm, extra={"gmm": gmm})
     from .models import checkpoints
 
-    loaded = checkpoints.load(model, checkpoint=checkpoint, device=device)
+    loaded = checkpoints.load(model, checkpoint=checkpoint, device=device, verify_hash=verify_hash)
     clf = None
+    label_classes = loaded.num_classes
     if classifier is not None or guidance_scale:
         if guidance_scale and classifier is None:
             raise DpmsError("--guidance-scale needs --classifier PATH (the noisy classifier checkpoint)")
-        clf = checkpoints.load_classifier(loaded.classifier_preset, classifier, device=device)
+        clf = checkpoints.load_classifier(loaded.classifier_preset, classifier, device=device, verify_hash=verify_hash)
+        label_classes = label_classes or clf.out_channels
     autocast = DTYPES[dtype]
 
     def make_noise_fn(y=None):
         return loaded.noise_fn(y=y, guidance_scale=guidance_scale, classifier=clf, autocast_dtype=autocast)
 
-    return Target(model, loaded.schedule, tuple(loaded.image_shape), True, make_noise_fn, loaded.num_classes)
+    return Target(model, loaded.schedule, tuple(loaded.image_shape), True, make_noise_fn, label_classes)
 
 
 def generate(

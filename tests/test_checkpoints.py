@@ -667,3 +667,32 @@ def test_cli_download_of_a_browser_only_file_is_one_line(tmp_path, capsys):
         "error: celeba64-ddim is hosted at https://drive.google.com/file/d/1R_H-fJYXSH79wfSKs9D-fuKQVan5L-GR/"
         f"view?usp=sharing, which needs a browser; download it by hand and put it at {tmp_path}/ddim/celeba/ckpt.pth"
     )
+
+
+def test_cli_guides_the_unconditional_imagenet_model_with_drawn_labels(tmp_path, monkeypatch):
+    """`dpms sample --model guided-imagenet256-uncond --classifier ... --guidance-scale s`: the network gets
+    no labels, the classifier gets labels drawn from its classes, guidance changes the samples."""
+    import functools
+
+    import numpy as np
+
+    from dpms.cli import main
+    from dpms.models import checkpoints
+
+    name = "guided-imagenet256-uncond"
+    model_file = _save(_network(name, {**TINY_ADM, "num_classes": None}).state_dict(), tmp_path / "m.pt")
+    classifier_file = _save(_network(get_preset(name).classifier, TINY_CLASSIFIER).state_dict(), tmp_path / "c.pt")
+    monkeypatch.setattr(checkpoints, "load", functools.partial(checkpoints.load, config_override={**TINY_ADM, "num_classes": None}))
+    monkeypatch.setattr(checkpoints, "load_classifier", functools.partial(checkpoints.load_classifier, config_override=TINY_CLASSIFIER))
+    common = ["sample", "--model", name, "--checkpoint", str(model_file), "--solver", "ddim", "--nfe", "3", "--num", "4",
+              "--batch", "2", "--no-png", "--no-verify"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--classifier", str(classifier_file), "--guidance-scale", "4", "--out", str(tmp_path / "guided")]) == 0
+    assert main([*common, "--classifier", str(classifier_file), "--guidance-scale", "4", "--labels", "3",
+                 "--out", str(tmp_path / "given")]) == 0
+    plain, guided, given = (np.load(tmp_path / d / "samples.npz") for d in ("plain", "guided", "given"))
+    assert "labels" not in plain.files
+    assert guided["labels"].shape == (4,) and guided["labels"].max() < TINY_CLASSIFIER["out_channels"]
+    assert given["labels"].tolist() == [3, 3, 3, 3]
+    assert not np.array_equal(plain["samples"], guided["samples"])
+    assert not np.array_equal(guided["samples"], given["samples"]) or guided["labels"].tolist() == [3, 3, 3, 3]

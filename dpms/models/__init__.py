@@ -7,7 +7,7 @@
 
 from .gmm import GaussianMixture
 
-__all__ = ["GaussianMixture", "build", "load"]
+__all__ = ["GaussianMixture", "build", "load", "load_classifier", "presets", "get_preset"]
 
 
 def __getattr__(name):  # lazy: keep `import dpms` light, and architectures out of solver imports
@@ -15,7 +15,7 @@ def __getattr__(name):  # lazy: keep `import dpms` light, and architectures out 
         from .architectures import build
 
         return build
-    if name in ("load", "presets", "get_preset"):
+    if name in ("load", "load_classifier", "presets", "get_preset"):
         from . import checkpoints
 
         return getattr(checkpoints, name)

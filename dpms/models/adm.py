@@ -424,6 +424,7 @@ class EncoderUNetModel(nn.Module):
         if pool == "attention" and (image_size is None or num_head_channels == -1):
             raise DpmsError("pool 'attention' needs image_size and num_head_channels; set both in the classifier config")
         self.model_channels = model_channels
+        self.out_channels = out_channels  # number of classes
 
         self.time_embed = _time_embed(model_channels)
         self.input_blocks, self.middle_block, _, ch, ds = _encoder(
