@@ -127,3 +127,10 @@ def test_bad_input_is_one_line(args, message, capsys):
     assert main(["speed", "--model", "gmm", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_channels_last_and_automatic_batch():
+    r = measure_speed("digits", "ddim", 2, batch=4, repeats=1, channels_last=True, diffusers=False, memory=False)
+    assert r.channels_last and r.nfe == 2
+    r = measure_speed("gmm", "ddim", 2, batch="auto", repeats=1, diffusers=False, memory=False)
+    assert r.batch >= 16 and r.batch & (r.batch - 1) == 0  # a power of two where images/s stopped improving
