@@ -10,7 +10,8 @@ times, in one run and interleaved so that both see the same machine state,
   (`diffusers_seconds`; DDIMScheduler, DPMSolverSinglestepScheduler, DPMSolverMultistepScheduler,
   PNDMScheduler), when diffusers is installed,
 
-and reports overhead = loop / (NFE × forward) and vs_diffusers = diffusers / dpms (> 1: dpms faster).
+and reports overhead = loop / (NFE × forward) and vs_diffusers = diffusers / dpms (> 1: dpms faster), each
+the median over the repeats of that repeat's ratio.
 Peak memory of the loop is reported next to the peak of one forward pass: the difference, in units
 of the batch's size, is what the solver keeps alive (its O(order) history).
 """
@@ -344,14 +345,19 @@ def measure_speed(
             progress(i + 1, repeats)
     median = {name: statistics.median(values) for name, values in timings.items()}
     nfe_used = info["sample"].nfe
+    # Ratios are medians of per-repeat ratios: the runs of one repeat are back to back, so they share the
+    # machine's state, and the ratio cancels the drift that moves every median by several percent.
+    overhead = statistics.median(loop / (nfe_used * fwd) for loop, fwd in zip(timings["dpms"], timings["forward"]))
+    vs_diffusers = (statistics.median(d / loop for d, loop in zip(timings["diffusers"], timings["dpms"]))
+                    if "diffusers" in timings else None)
     report = SpeedReport(
         model=model, solver=solver, nfe=nfe_used, batch=batch, device=str(dev), dtype=dtype, compile=compile or cuda_graphs,
         channels_last=channels_last, repeats=repeats, forward_seconds=median["forward"], loop_seconds=median["dpms"],
         seconds_per_image=median["dpms"] / batch, images_per_second=batch / median["dpms"],
-        overhead=median["dpms"] / (nfe_used * median["forward"]),
+        overhead=overhead,
         diffusers_scheduler=scheduler_name,
         diffusers_seconds=median.get("diffusers"),
-        vs_diffusers=median["diffusers"] / median["dpms"] if "diffusers" in median else None,
+        vs_diffusers=vs_diffusers,
         batch_bytes=x_T.numel() * x_T.element_size(),
         fid50k_seconds_estimate=50_000 * median["dpms"] / batch,
         note="; ".join(note),
