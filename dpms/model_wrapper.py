@@ -150,6 +150,9 @@ def wrap_model(
             eps = _threshold_eps(x, eps, t, schedule, thresholding, threshold_ratio, threshold_max)
         return eps
 
+    # Thresholding (official DPM-Solver: `data_prediction_fn`) belongs to the data-prediction solvers;
+    # `dpms.sample` refuses it for the others.
+    noise_fn.thresholding = thresholding
     return noise_fn
 
 

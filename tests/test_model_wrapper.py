@@ -40,10 +40,11 @@ def test_time_maps():
     seen = {}
     for time_map in ("discrete", "type1", "type2"):
         fn = wrap_model(lambda x, t_in, m=time_map: seen.__setitem__(m, t_in) or x, sch, time_map=time_map)
-        fn(torch.zeros(3, 1), torch.tensor([1e-3, 0.5, 1.0], dtype=torch.float64))
-    assert torch.allclose(seen["discrete"], torch.tensor([0.0, 499.0, 999.0], dtype=torch.float64))
-    assert torch.allclose(seen["type1"], torch.tensor([0.0, 499.0, 999.0], dtype=torch.float64))
-    assert torch.allclose(seen["type2"], torch.tensor([0.999, 499.5, 999.0], dtype=torch.float64))
+        fn(torch.zeros(4, 1), torch.tensor([5e-4, 1e-3, 0.5, 1.0], dtype=torch.float64))
+    # below t = 1/N the default map goes negative, Type-1 clamps at 0 (App. D.1)
+    assert torch.allclose(seen["discrete"], torch.tensor([-0.5, 0.0, 499.0, 999.0], dtype=torch.float64))
+    assert torch.allclose(seen["type1"], torch.tensor([0.0, 0.0, 499.0, 999.0], dtype=torch.float64))
+    assert torch.allclose(seen["type2"], torch.tensor([0.4995, 0.999, 499.5, 999.0], dtype=torch.float64))
     got = {}
     fn = wrap_model(lambda x, t_in: got.setdefault("t", t_in) * 0 + x, NoiseSchedule.linear(), time_map="continuous", time_scale=999.0)
     fn(torch.zeros(1, 1), torch.tensor([0.5]))
@@ -119,6 +120,18 @@ def test_thresholding_bounds_the_data_prediction(gmm, kind):
         assert torch.allclose(x0, raw.clamp(-s, s) / s, atol=1e-6)
     else:
         assert torch.allclose(x0, raw.clamp(-1, 1), atol=1e-9)
+
+
+def test_thresholding_is_for_the_data_prediction_solvers_only(gmm):
+    sch = gmm.schedule
+    fn = wrap_model(gmm, sch, time_map="continuous", time_scale=1.0, thresholding="static", threshold_max=0.5)
+    x_T = gmm.prior(16, torch.Generator().manual_seed(2))
+    with pytest.raises(DpmsError, match="thresholding clips the data prediction, which solver 'dpm3' does not use; use one of dpmpp2s"):
+        dpms.sample(fn, sch, x_T, solver="dpm3", nfe=10)
+    clipped = dpms.sample(fn, sch, x_T, solver="dpmpp2m", nfe=10)
+    plain = dpms.sample(gmm, sch, x_T, solver="dpmpp2m", nfe=10)
+    # the last data-prediction step returns (σ_t/σ_s) x + (1 − σ_t/σ_s) x̂₀ with |x̂₀| ≤ 0.5: the result is pulled inwards
+    assert clipped.abs().max() < plain.abs().max()
 
 
 def test_autocast_returns_the_input_dtype():

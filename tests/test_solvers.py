@@ -124,7 +124,9 @@ def test_fast_order_plans_match_the_paper():
     assert fast_orders(20, 3) == [3, 3, 3, 3, 3, 3, 2]
     assert fast_orders(11, 2) == [2, 2, 2, 2, 2, 1]
     for m in range(1, 60):
-        assert sum(fast_orders(m, 3)) == m and len(fast_orders(m, 3)) == m // 3 + (1 if m % 3 else 0) or m % 3 == 0
+        orders = fast_orders(m, 3)
+        assert sum(orders) == m and len(orders) == m // 3 + 1 and orders == sorted(orders, reverse=True), m
+        assert sum(fast_orders(m, 2)) == m and len(fast_orders(m, 2)) == (m + 1) // 2, m
 
 
 def test_dpm3_fast_uses_lambda_uniform_outer_steps_and_inner_points(gmm):
@@ -151,6 +153,67 @@ def test_dpm3_fast_uses_lambda_uniform_outer_steps_and_inner_points(gmm):
     assert torch.allclose(lam_calls, torch.tensor(expected, dtype=torch.float64), atol=1e-4)
 
 
+def _official_singlestep(model, x, nfe, order, skip, fixed, data_prediction):
+    """An independent transcription of the official `DPM_Solver.sample(method="singlestep"|"singlestep_fixed")`:
+    outer grid, then for each step of order k the skip type's own k-step inner grid from s to t, whose
+    λ-fractions are r₁ (and r₂); updates written out from Algorithms 1-2 and DPM-Solver++ Algorithm 1."""
+    sch = model.schedule
+    a, sg, lam = sch.alpha, sch.sigma, sch.lambda_
+    grid = lambda k, t0, t1: make_grid(sch, skip, k, t0, t1, torch.float64)  # noqa: E731
+    orders = [order] * (nfe // order) if fixed else fast_orders(nfe, order)
+    if skip == "logSNR" or fixed:
+        outer = grid(len(orders), sch.T, sch.t_end)
+    else:
+        outer = grid(nfe, sch.T, sch.t_end)[torch.cumsum(torch.tensor([0] + orders), 0)]
+    for i, k in enumerate(orders):
+        s, t = outer[i], outer[i + 1]
+        li = lam(grid(k, float(s), float(t)))
+        h = li[-1] - li[0]
+        eps = lambda y, u: model(y, u.expand(y.shape[0]))  # noqa: E731
+        e_s = eps(x, s)
+        if data_prediction:
+            x0 = (x - sg(s) * e_s) / a(s)
+            x_new = sg(t) / sg(s) * x - a(t) * torch.expm1(-h) * x0
+            if k == 2:
+                r1 = (li[1] - li[0]) / h
+                s1 = sch.inverse_lambda(li[0] + r1 * h)
+                u = sg(s1) / sg(s) * x - a(s1) * torch.expm1(-r1 * h) * x0
+                x_new = x_new - 0.5 / r1 * a(t) * torch.expm1(-h) * ((u - sg(s1) * eps(u, s1)) / a(s1) - x0)
+            x = x_new
+            continue
+        x_lin = a(t) / a(s) * x - sg(t) * torch.expm1(h) * e_s
+        if k == 1:
+            x = x_lin
+        elif k == 2:
+            r1 = (li[1] - li[0]) / h
+            s1 = sch.inverse_lambda(li[0] + r1 * h)
+            u = a(s1) / a(s) * x - sg(s1) * torch.expm1(r1 * h) * e_s
+            x = x_lin - 0.5 / r1 * sg(t) * torch.expm1(h) * (eps(u, s1) - e_s)
+        else:
+            r1, r2 = (li[1] - li[0]) / h, (li[2] - li[0]) / h
+            s1, s2 = sch.inverse_lambda(li[0] + r1 * h), sch.inverse_lambda(li[0] + r2 * h)
+            u1 = a(s1) / a(s) * x - sg(s1) * torch.expm1(r1 * h) * e_s
+            d1 = eps(u1, s1) - e_s
+            u2 = a(s2) / a(s) * x - sg(s2) * torch.expm1(r2 * h) * e_s - sg(s2) * r2 / r1 * (torch.expm1(r2 * h) / (r2 * h) - 1) * d1
+            x = x_lin - sg(t) / r2 * (torch.expm1(h) / h - 1) * (eps(u2, s2) - e_s)
+    return x
+
+
+@pytest.mark.parametrize("solver,order,data_prediction", [("dpm2", 2, False), ("dpm3", 3, False), ("dpmpp2s", 2, True)])
+@pytest.mark.parametrize("skip", ["logSNR", "time_uniform", "time_quadratic"])
+def test_singlestep_solvers_equal_the_official_algorithm_at_every_nfe(gmm, solver, order, data_prediction, skip):
+    """Every NFE's order plan, including the 2nd-order steps of dpm3's fast plan (r₁ = ½ there, not ⅓)
+    and the per-step r₁, r₂ of non-logSNR grids, against an independent transcription."""
+    x_T = gmm.prior(8, torch.Generator().manual_seed(5))
+    for nfe in (2, 5, 6, 7, 10, 11, 12, 15, 20):
+        for fixed in (False, True):
+            if fixed and nfe % order:
+                continue
+            ours = dpms.sample(gmm, gmm.schedule, x_T, solver=solver, nfe=nfe, skip=skip, order_plan="fixed" if fixed else "fast")
+            ref = _official_singlestep(gmm, x_T, nfe, order, skip, fixed, data_prediction)
+            assert torch.allclose(ours, ref, atol=1e-9, rtol=0), (nfe, fixed, float((ours - ref).abs().max()))
+
+
 # --------------------------------------------------------------------------- NFE accounting
 VALID_NFE = {"dpm3": [1, 2, 5, 10, 12, 15, 20], "rk3": [3, 9, 12], "rk3-t": [3, 9, 12], "fon": [4, 12, 20], "pndm": [4, 8, 12, 13, 20], "spndm": [2, 10]}
 
@@ -166,7 +229,8 @@ def test_every_fixed_step_solver_makes_exactly_nfe_calls(gmm, solver):
         assert torch.isfinite(x).all()
 
 
-@pytest.mark.parametrize("solver,nfe,near", [("rk3", 10, "9 or 12"), ("rk2", 5, "4 or 6"), ("fon", 10, "8 or 12"), ("pndm", 10, "8 or 12"), ("spndm", 1, "2")])
+@pytest.mark.parametrize("solver,nfe,near", [("rk3", 10, "9 or 12"), ("rk2", 5, "4 or 6"), ("fon", 10, "8 or 12"), ("pndm", 10, "8 or 12"), ("spndm", 1, "2"),
+                          ("rk3", 2, "3$"), ("rk2", 1, "2$"), ("fon", 3, "4$")])
 def test_impossible_nfe_names_the_nearest_valid(gmm, solver, nfe, near):
     x_T = gmm.prior(2)
     with pytest.raises(DpmsError, match=f"nearest valid: {near}") as e:

@@ -90,10 +90,9 @@ def per_sample_randn(seeds, device=None, dtype=None):
 
 def _check_options(spec: SolverSpec, options: dict) -> None:
     params = inspect.signature(spec.fn).parameters
-    internal = {"noise_fn", "schedule", "x", "timesteps", "orders", "randn"}
+    internal = {"noise_fn", "schedule", "x", "timesteps", "orders", "inner", "randn"}
     allowed = [p for p in params if p not in internal]
-    plan_only = {"order_plan"}
-    unknown = [k for k in options if k not in allowed and k not in plan_only]
+    unknown = [k for k in options if k not in allowed]
     if unknown:
         raise DpmsError(f"solver {spec.name!r} has no option {unknown[0]!r}; its options: {', '.join(allowed) or 'none'}")
 
@@ -121,13 +120,14 @@ def _prepare(spec: SolverSpec, schedule, dtype, device, nfe, skip, t_start, t_en
         return torch.tensor([t_start, t_end], dtype=dtype, device=device), skip, options
     if nfe is None or int(nfe) < 1:
         raise DpmsError(f"solver {spec.name!r} needs a positive NFE (--nfe), got {nfe}")
-    grid = lambda steps: make_grid(schedule, skip, steps, t_start, t_end, dtype, device)  # noqa: E731
+
+    def grid(steps: int, start: float = t_start, end: float = t_end) -> Tensor:
+        return make_grid(schedule, skip, steps, start, end, dtype, device)
+
     try:
         ts, extra = spec.plan(int(nfe), grid, skip, **options)
     except DpmsError as e:
         raise DpmsError(f"solver {spec.name!r}: {e}") from None
-    if "order_plan" not in inspect.signature(spec.fn).parameters:
-        options.pop("order_plan", None)
     return ts, skip, {**extra, **options}
 
 
@@ -163,6 +163,9 @@ def sample(
     Returns the samples, or (samples, SampleInfo) with return_info=True.
     """
     spec = get_solver(solver)
+    if getattr(noise_fn, "thresholding", None) and not spec.data_prediction:
+        pp = ", ".join(n for n, s in solvers().items() if s.data_prediction)
+        raise DpmsError(f"thresholding clips the data prediction, which solver {solver!r} does not use; use one of {pp}, or no thresholding")
     ts, skip, options = _prepare(spec, schedule, x_T.dtype, x_T.device, nfe, skip, t_start, t_end, timesteps, dict(options))
     if spec.stochastic:
         options["randn"] = per_sample_randn(seeds if seeds is not None else [seed + i for i in range(x_T.shape[0])])

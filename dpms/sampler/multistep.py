@@ -88,13 +88,13 @@ def dpm3m(noise_fn, schedule, x, timesteps, lower_order_final: bool = True):
     return multistep(noise_fn, schedule, x, timesteps, 3, False, lower_order_final)
 
 
-@register("dpmpp2m", order="2", nfe_rule="NFE = steps (first step 1st order)", paper=PAPER_PP, default_skip="time_uniform")
+@register("dpmpp2m", order="2", nfe_rule="NFE = steps (first step 1st order)", paper=PAPER_PP, default_skip="time_uniform", data_prediction=True)
 def dpmpp2m(noise_fn, schedule, x, timesteps, lower_order_final: bool = True):
     """DPM-Solver++(2M) (data prediction; DPM-Solver++ Algorithm 2)."""
     return multistep(noise_fn, schedule, x, timesteps, 2, True, lower_order_final)
 
 
-@register("dpmpp3m", order="3 (2 with its 1st-order warm-up step)", nfe_rule="NFE = steps (warm-up orders 1, 2)", paper=PAPER_PP, default_skip="time_uniform")
+@register("dpmpp3m", order="3 (2 with its 1st-order warm-up step)", nfe_rule="NFE = steps (warm-up orders 1, 2)", paper=PAPER_PP, default_skip="time_uniform", data_prediction=True)
 def dpmpp3m(noise_fn, schedule, x, timesteps, lower_order_final: bool = True):
     """DPM-Solver++(3M) (data prediction)."""
     return multistep(noise_fn, schedule, x, timesteps, 3, True, lower_order_final)

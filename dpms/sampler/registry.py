@@ -27,10 +27,12 @@ class SolverSpec:
     order: str  # convergence order, as text ("3", "adaptive 2/3", "1 (weak)")
     nfe_rule: str  # human-readable NFE rule for `dpms solvers`
     paper: str
-    # plan(nfe, make_grid, skip, **options) -> (timesteps, extra solver options); None: adaptive solver
+    # plan(nfe, make_grid, skip, **options) -> (timesteps, extra solver options); None: adaptive solver.
+    # make_grid(steps, start=t_start, end=t_end) is the request's grid of `steps` steps (on a sub-interval if asked).
     plan: Callable | None = None
     default_skip: str | Callable = "logSNR"  # a skip name, or a function of the schedule giving one
     stochastic: bool = False
+    data_prediction: bool = False  # integrates the data prediction x₀ (DPM-Solver++): thresholding applies
     options: dict = field(default_factory=dict)  # documented option defaults, for `dpms solvers`
 
     @property
@@ -50,8 +52,10 @@ def steps_plan(calls_per_step: int = 1, extra_calls: int = 0, min_steps: int = 1
     def plan(nfe: int, make_grid, skip: str, **_):
         steps, rest = divmod(nfe - extra_calls, calls_per_step)
         if rest or steps < min_steps:
-            lo = max(min_steps, steps)
-            near = sorted({nfe_of(lo), nfe_of(max(min_steps, lo + (1 if rest else 0)))})
+            if steps < min_steps:
+                near = [nfe_of(min_steps)]
+            else:
+                near = sorted({nfe_of(steps), nfe_of(steps + 1)})
             rule = f"{calls_per_step}·steps" + (f" + {extra_calls}" if extra_calls else "")
             raise DpmsError(
                 f"NFE {nfe} is impossible (NFE = {rule} with steps ≥ {min_steps}); "

@@ -33,7 +33,13 @@ def fast_orders(nfe: int, order: int) -> list[int]:
 
 
 def singlestep_plan(order: int):
-    """The `plan` of a singlestep solver: NFE → (outer time grid, per-step orders)."""
+    """The `plan` of a singlestep solver: NFE → (outer time grid, per-step orders, inner points).
+
+    As the official `sample(method="singlestep"/"singlestep_fixed")`, a step of order k from s to t
+    evaluates at the k − 1 intermediate points of the same skip type's grid of k steps between s and
+    t: λ-uniform fractions ½ or ⅓, ⅔ on the logSNR grid (passed as `inner=None`), and the points of
+    the uniform / quadratic grid otherwise (r₁ = (λ_{s₁} − λ_s)/h then depends on the step).
+    """
 
     def plan(nfe: int, make_grid, skip: str, order_plan: str = "fast", **_):
         if order_plan == "fixed":
@@ -44,13 +50,20 @@ def singlestep_plan(order: int):
             orders = fast_orders(nfe, order)
         else:
             raise DpmsError(f"unknown order_plan {order_plan!r}; use 'fast' or 'fixed'")
+        inner = None
         if skip == "logSNR" or order_plan == "fixed":
-            timesteps = make_grid(len(orders))  # λ-uniform outer steps, as in the paper
+            timesteps = make_grid(len(orders))  # outer steps uniform in the skip type (λ-uniform: the paper)
+            if skip in ("time_uniform", "time_quadratic"):
+                inner = [make_grid(k, float(s), float(t)) for k, s, t in zip(orders, timesteps[:-1], timesteps[1:])]
         else:
-            # official: a grid of M steps, keeping the points where each outer step ends
+            # official: a grid of M steps, keeping the points where each outer step ends; the points in
+            # between are the step's inner points (for time_uniform / time_quadratic exactly the official
+            # inner grid of each outer step)
             fine = make_grid(nfe)
-            timesteps = fine[torch.cumsum(torch.tensor([0] + orders), 0)]
-        return timesteps, {"orders": orders}
+            ends = torch.cumsum(torch.tensor([0] + orders), 0).tolist()
+            timesteps = fine[ends]
+            inner = [fine[a : b + 1] for a, b in zip(ends[:-1], ends[1:])]
+        return timesteps, {"orders": orders, "inner": inner}
 
     return plan
 
@@ -61,22 +74,37 @@ def _fixed_nfe_message(order: int, nfe: int) -> str:
     return f"order_plan='fixed' with order {order} needs an NFE divisible by {order}, got {nfe}; nearest valid: {near}"
 
 
-def _singlestep(noise_fn, schedule, x, timesteps, orders, r1=None, r2=None, data_prediction=False):
+def _fractions(schedule, order: int, s: Tensor, t: Tensor, points: Tensor | None) -> tuple:
+    """(r₁,) or (r₁, r₂) of a step of `order` from s to t: λ-fractions of its inner points, or the
+    λ-uniform ½ and ⅓, ⅔ when it has none (logSNR grid, explicit timesteps)."""
+    if points is None:
+        return tuple(k / order for k in range(1, order))
+    lam = schedule.lambda_(points[1:-1])
+    lam_s, lam_t = schedule.lambda_(s), schedule.lambda_(t)
+    return tuple((lam[k] - lam_s) / (lam_t - lam_s) for k in range(order - 1))
+
+
+def _singlestep(noise_fn, schedule, x, timesteps, orders, inner=None, r1=None, r2=None, data_prediction=False):
+    """Singlestep steps of the given orders. r1/r2, if given, replace the grid's fractions in the
+    steps of the solver's own (highest) order."""
     if len(orders) != len(timesteps) - 1:  # explicit timesteps: use the solver's order on every step
-        orders = [max(orders)] * (len(timesteps) - 1)
+        orders, inner = [max(orders)] * (len(timesteps) - 1), None
+    top = max(orders)
     for i, order in enumerate(orders):
         s, t = timesteps[i], timesteps[i + 1]
+        if order == 1:
+            eps = eval_at(noise_fn, x, s)
+            x = ddim_step(x, eps, schedule, s, t) if data_prediction else dpm_solver_1(x, eps, schedule, s, t)
+            continue
+        r = _fractions(schedule, order, s, t, None if inner is None else inner[i])
+        if order == top:
+            r = (r1 if r1 is not None else r[0], *((r2 if r2 is not None else r[1],) if order == 3 else ()))
         if data_prediction:
-            if order == 1:
-                x = ddim_step(x, eval_at(noise_fn, x, s), schedule, s, t)
-            else:
-                x = dpmpp_2s(noise_fn, x, schedule, s, t, r1=0.5 if r1 is None else r1)
-        elif order == 1:
-            x = dpm_solver_1(x, eval_at(noise_fn, x, s), schedule, s, t)
+            x = dpmpp_2s(noise_fn, x, schedule, s, t, r1=r[0])
         elif order == 2:
-            x = dpm_solver_2(noise_fn, x, schedule, s, t, r1=0.5 if r1 is None else r1)[0]
+            x = dpm_solver_2(noise_fn, x, schedule, s, t, r1=r[0])[0]
         else:
-            x = dpm_solver_3(noise_fn, x, schedule, s, t, r1=1 / 3 if r1 is None else r1, r2=2 / 3 if r2 is None else r2)
+            x = dpm_solver_3(noise_fn, x, schedule, s, t, r1=r[0], r2=r[1])
     return x
 
 
@@ -103,9 +131,10 @@ def dpm1(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
     paper=PAPER_DPM,
     plan=singlestep_plan(2),
 )
-def dpm2(noise_fn, schedule, x, timesteps, orders, r1: float = 0.5, order_plan: str = "fast"):
-    """Singlestep DPM-Solver-2 (Algorithm 1) with the paper's DPM-Solver-fast order plan."""
-    return _singlestep(noise_fn, schedule, x, timesteps, orders, r1=r1)
+def dpm2(noise_fn, schedule, x, timesteps, orders, inner=None, r1: float | None = None, order_plan: str = "fast"):
+    """Singlestep DPM-Solver-2 (Algorithm 1) with the paper's DPM-Solver-fast order plan
+    (r₁ = ½ on the logSNR grid; r1= overrides the 2nd-order steps' fraction)."""
+    return _singlestep(noise_fn, schedule, x, timesteps, orders, inner, r1=r1)
 
 
 @register(
@@ -115,10 +144,11 @@ def dpm2(noise_fn, schedule, x, timesteps, orders, r1: float = 0.5, order_plan: 
     paper=PAPER_DPM,
     plan=singlestep_plan(3),
 )
-def dpm3(noise_fn, schedule, x, timesteps, orders, r1: float = 1 / 3, r2: float = 2 / 3, order_plan: str = "fast"):
+def dpm3(noise_fn, schedule, x, timesteps, orders, inner=None, r1: float | None = None, r2: float | None = None, order_plan: str = "fast"):
     """Singlestep DPM-Solver-3 (Algorithm 2) with the paper's DPM-Solver-fast order plan (App. D.3):
-    NFE 10 → orders 3,3,3,1; 12 → 3,3,3,2,1; 15 → 3,3,3,3,2,1; 20 → 3,3,3,3,3,3,2."""
-    return _singlestep(noise_fn, schedule, x, timesteps, orders, r1=r1, r2=r2)
+    NFE 10 → orders 3,3,3,1; 12 → 3,3,3,2,1; 15 → 3,3,3,3,2,1; 20 → 3,3,3,3,3,3,2. On the logSNR grid
+    3rd-order steps use r₁ = ⅓, r₂ = ⅔ and 2nd-order steps r₁ = ½ (r1=/r2= override the 3rd-order steps')."""
+    return _singlestep(noise_fn, schedule, x, timesteps, orders, inner, r1=r1, r2=r2)
 
 
 @register(
@@ -128,10 +158,11 @@ def dpm3(noise_fn, schedule, x, timesteps, orders, r1: float = 1 / 3, r2: float 
     paper="DPM-Solver++ (Lu et al. 2022b)",
     default_skip="time_uniform",
     plan=singlestep_plan(2),
+    data_prediction=True,
 )
-def dpmpp2s(noise_fn, schedule, x, timesteps, orders, r1: float = 0.5, order_plan: str = "fast"):
+def dpmpp2s(noise_fn, schedule, x, timesteps, orders, inner=None, r1: float | None = None, order_plan: str = "fast"):
     """Singlestep DPM-Solver++(2S) (data prediction), with a first-order last step for odd NFE."""
-    return _singlestep(noise_fn, schedule, x, timesteps, orders, r1=r1, data_prediction=True)
+    return _singlestep(noise_fn, schedule, x, timesteps, orders, inner, r1=r1, data_prediction=True)
 
 
 # ----------------------------------------------------------------------------------- adaptive
