@@ -20,6 +20,19 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """click's ClickException, and typer's own copy of it (typer ≥ 0.26 vendors click as typer._click)."""
+    import importlib
+
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).ClickException)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and of `python -m dpms`."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -37,13 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         return 130
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return 2
-        raise
+    except _usage_errors() as e:  # bad options or arguments: click's one-paragraph usage message
+        e.show()
+        return e.exit_code if isinstance(e.exit_code, int) and e.exit_code else 2
     return code if isinstance(code, int) else 0
 
 

@@ -68,3 +68,17 @@ def test_console_script_and_module_entry_with_torchrun_separator(tmp_path):
     assert (tmp_path / "samples.npz").exists()
     proc = subprocess.run([sys.executable, "-m", "dpms", "sample", "--solver", "nope"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["sample", "--nfe", "abc"], "Invalid value for '--nfe'"),
+        (["sample", "--bogus"], "No such option: --bogus"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ],
+)
+def test_usage_errors_exit_2_with_clicks_message_and_no_traceback(args, message, capsys):
+    code, out, err = run(args, capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err + out
