@@ -18,7 +18,8 @@ import yaml
 from PIL import Image
 
 import dpms
-from dpms.bench import Overrides, apply_overrides, load_config, run_benchmark
+from dpms.bench import Overrides, apply_overrides, compare, load_config, run_benchmark
+from dpms.bench.check import print_check
 from dpms.bench.cells import plan_cells
 from dpms.bench.report import fmt
 from dpms.bench.runner import _model_info
@@ -216,6 +217,39 @@ def test_check_passes_on_itself_and_fails_when_a_cell_moved_or_is_missing(tmp_pa
     assert main(args + ["--check", str(baseline), "--rel-tol", "10"]) == 0
     assert main(args + ["--solvers", "ddim", "--check", str(out / "results.json")]) == 1
     assert "missing dpm3@6" in capsys.readouterr().out
+
+
+def _checked(ours: dict, base: dict):
+    cell = {"label": "dpm3", "column": 10, "adaptive": False, "metric": "FD (exact features)", "num": 64}
+    return compare([{**cell, **ours}], [{**cell, **base}], tol=0.1)
+
+
+@pytest.mark.parametrize("ours,base,moved", [
+    ({"fid": float("nan")}, {"fid": 1.0}, True),  # NaN compares false with everything: must not pass
+    ({"fid": 1.0}, {"fid": float("nan")}, True),
+    ({"fid": float("nan")}, {"fid": float("nan")}, False),
+    ({"fid": float("inf")}, {"fid": float("inf")}, False),
+    ({"fid": float("inf")}, {"fid": -float("inf")}, True),
+    ({"fid": float("nan")}, {"fid": float("inf")}, True),
+    ({"fid": 1.05}, {"fid": 1.0}, False),
+    ({"fid": 1.0}, {"fid": 1.0, "ode_error": 0.2}, True),  # the baseline measured it, this run did not
+    ({"fid": 1.0, "ode_error": None}, {"fid": 1.0, "ode_error": 0.2}, True),
+    ({"fid": 1.0, "ode_error": 0.2}, {"fid": 1.0}, False),  # nothing to guard in the baseline
+])
+def test_check_treats_non_finite_and_missing_values_as_moved(ours, base, moved):
+    result = _checked(ours, base)
+    assert result.compared == 1 and bool(result.moved) == moved and result.ok == (not moved)
+
+
+def test_check_prints_non_finite_and_missing_values(capsys):
+    from rich.console import Console
+
+    result = _checked({"fid": float("nan")}, {"fid": 1.0, "ode_error": 0.2})
+    print_check(result, Path("base.json"), 0.1, 0.0, Console(width=200))
+    printed = capsys.readouterr().out
+    assert "moved dpm3@10: nan vs baseline 1 non-finite value" in printed
+    assert "moved dpm3@10 ode_error: none vs baseline 0.2 missing from this run" in printed
+    assert "check failed" in printed and "2 moved" in printed
 
 
 def test_ci_guard_exact_model_matches_the_recorded_baseline(tmp_path, capsys):

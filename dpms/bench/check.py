@@ -2,15 +2,18 @@
 
 Cells are matched by row label and column (`cell_id`: "dpm3@10", "dpm23@adaptive"). A cell moved when
 |ours − baseline| > max(tol, rel_tol·|baseline|) for its metric value ("fid") — or for its error against
-the exact ODE solution ("ode_error") when both runs measured it — or when the two measure different
-metrics, or were run with a different number of samples. A baseline cell absent from this run also fails
-the check (the guard must not pass by running less) — unless `subset=True` (`--check-subset`): then only
-the cells this run has are compared, which is how CI checks a reduced grid against a full committed table.
+the exact ODE solution ("ode_error") when the baseline measured it — or when the two measure different
+metrics, or were run with a different number of samples. A NaN or infinite value matches only the same
+non-finite value, and a quantity the baseline has but this run lacks has moved. A baseline cell absent
+from this run also fails the check (the guard must not pass by running less) — unless `subset=True`
+(`--check-subset`): then only the cells this run has are compared, which is how CI checks a reduced grid
+against a full committed table.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,13 +28,13 @@ COMPARED = ("fid", "ode_error")
 class Moved:
     cell: str
     quantity: str  # "fid" (the metric value) or "ode_error"
-    ours: float
+    ours: float | None  # None: the run lacks the quantity
     baseline: float
     note: str = ""
 
     @property
-    def delta(self) -> float:
-        return self.ours - self.baseline
+    def delta(self) -> float | None:
+        return None if self.ours is None else self.ours - self.baseline
 
 
 @dataclass
@@ -80,20 +83,39 @@ def compare(records: list[dict], baseline: list[dict], tol: float, rel_tol: floa
             result.moved.append(Moved(name, "fid", mine["fid"], base["fid"], f"{mine['num']} samples vs {base['num']}: rerun with --num {base['num']}"))
             continue
         for quantity in COMPARED:
-            if mine.get(quantity) is None or base.get(quantity) is None:
-                continue
-            if abs(mine[quantity] - base[quantity]) > max(tol, rel_tol * abs(base[quantity])):
-                result.moved.append(Moved(name, quantity, mine[quantity], base[quantity]))
+            if base.get(quantity) is None:
+                continue  # the baseline did not measure it: nothing to guard
+            note = _moved_note(mine.get(quantity), base[quantity], tol, rel_tol)
+            if note is not None:
+                result.moved.append(Moved(name, quantity, mine.get(quantity), base[quantity], note))
     known = {cell_id(b) for b in baseline}
     result.extra = [name for name in ours if name not in known]
     return result
+
+
+def _moved_note(ours: float | None, baseline: float, tol: float, rel_tol: float) -> str | None:
+    """Why `ours` moved from `baseline` ("" for a plain move beyond tolerance), or None if it did not.
+
+    A NaN or infinity matches only the same non-finite value: NaN compares false with everything, so a
+    plain |Δ| > tol test would let a NaN cell pass. A value the run lacks has moved as well."""
+    if ours is None:
+        return "missing from this run"
+    if not (math.isfinite(ours) and math.isfinite(baseline)):
+        same = (math.isnan(ours) and math.isnan(baseline)) or ours == baseline
+        return None if same else "non-finite value"
+    return "" if abs(ours - baseline) > max(tol, rel_tol * abs(baseline)) else None
+
+
+def _number(value: float | None) -> str:
+    return "none" if value is None else f"{value:.6g}"
 
 
 def print_check(result: CheckResult, baseline: Path, tol: float, rel_tol: float, console) -> None:
     allowed = f"tol {tol:g}" + (f", rel-tol {rel_tol:g}" if rel_tol else "")
     for m in result.moved:
         what = "" if m.quantity == "fid" else f" {m.quantity}"
-        console.print(f"[red]moved[/] {m.cell}{what}: {m.ours:.6g} vs baseline {m.baseline:.6g} (Δ {m.delta:+.3g}) {m.note}".rstrip(), highlight=False)
+        change = f" (Δ {m.delta:+.3g})" if m.delta is not None and math.isfinite(m.delta) else ""
+        console.print(f"[red]moved[/] {m.cell}{what}: {_number(m.ours)} vs baseline {_number(m.baseline)}{change} {m.note}".rstrip(), highlight=False)
     for name in result.missing:
         console.print(f"[red]missing[/] {name}: in the baseline, not in this run", highlight=False)
     verdict = "[green]check passed[/]" if result.ok else "[red]check failed[/]"
