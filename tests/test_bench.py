@@ -339,6 +339,9 @@ def _stats_file(tmp_path: Path, dims: int) -> Path:
         ({"model": "cifar10-ddpm", "features": "inception", "reference_stats": "STATS"},
          ["--inception-weights", "/nonexistent/pt_inception.pth"], "FID Inception weights"),
         ({"features": "digits"}, [], "the exact model gmm makes vectors, not images; use features: exact"),
+        ({"num": 1}, [], "num must be an integer ≥ 2 (a covariance needs at least 2 samples), got 1"),
+        ({}, ["--num", "1"], "--num must be an integer ≥ 2 (a covariance needs at least 2 samples), got 1"),
+        ({}, ["--seed", str(2**40)], "--seed must be at most 1099511627775"),
     ],
 )
 def test_errors_are_one_line_and_come_before_sampling(tmp_path, capsys, changes, flags, message):

@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import DpmsError, MissingFileError
+from ..sampler.noise import MAX_SAMPLES, MAX_SEED
 
 FEATURE_KINDS = ("inception", "digits", "exact")
 CONFIDENCE = ("paper", "secondary-high", "secondary-low", "none")
@@ -46,6 +47,10 @@ TOP_KEYS = {
 MODEL_KEYS = {"preset", "checkpoint", "classifier", "guidance_scale", "dtype"}
 SOLVER_KEYS = {"name", "label", "skip", "t_end", "paper", "confidence", "note"}
 GRID_KEYS = {"nfe", "count"}
+# A Fréchet distance needs a covariance, hence at least 2 samples; sample indices and seeds stay in the
+# ranges where the noise streams of `dpms.sampler.noise` are disjoint.
+COUNT_LIMITS = {"num": (2, MAX_SAMPLES), "batch": (1, None), "seed": (0, MAX_SEED)}
+COUNT_WHY = {"num": " (a covariance needs at least 2 samples)"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = "configs/digits.yaml"
 
@@ -135,6 +140,16 @@ def _solver_to_data(s: SolverEntry) -> dict:
 
 
 # ------------------------------------------------------------------------------------- parsing
+def count_error(key: str, value, name: str) -> str | None:
+    """The complaint about a num, batch or seed outside COUNT_LIMITS (None when it is fine)."""
+    low, high = COUNT_LIMITS[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        return f"{name} must be an integer ≥ {low}{COUNT_WHY.get(key, '')}, got {value!r}"
+    if high is not None and value > high:
+        return f"{name} must be at most {high}, got {value!r}"
+    return None
+
+
 class _Reader:
     """Type checks with messages that name the file and the key."""
 
@@ -154,6 +169,12 @@ class _Reader:
     def int_(self, value, key: str, minimum: int = 1) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             self.fail(f"{key} must be an integer ≥ {minimum}, got {value!r}")
+        return value
+
+    def count(self, value, key: str) -> int:
+        error = count_error(key, value, key)
+        if error:
+            self.fail(error)
         return value
 
     def float_(self, value, key: str) -> float:
@@ -267,10 +288,10 @@ def parse_config(data: dict, where: str = "config", path: Path | None = None) ->
         solvers=solvers,
         columns=r.int_list(data[axis], axis) if axis in data else [],
         axis=axis,
-        num=r.int_(data.get("num", 1000), "num"),
-        batch=r.int_(data.get("batch", 250), "batch"),
+        num=r.count(data.get("num", 1000), "num"),
+        batch=r.count(data.get("batch", 250), "batch"),
         adaptive_batch=r.int_(data.get("adaptive_batch", 250), "adaptive_batch"),
-        seed=r.int_(data.get("seed", 0), "seed", minimum=0),
+        seed=r.count(data.get("seed", 0), "seed"),
         t_end=r.t_end(data.get("t_end"), "t_end"),
         skip=data.get("skip"),
         reference_stats=data.get("reference_stats"),
@@ -365,8 +386,9 @@ def apply_overrides(config: BenchConfig, o: Overrides) -> BenchConfig:
     for key in ("num", "batch", "seed"):
         value = getattr(o, key)
         if value is not None:
-            if value < (0 if key == "seed" else 1):
-                raise DpmsError(f"--{key} must be {'≥ 0' if key == 'seed' else 'positive'}, got {value}")
+            error = count_error(key, value, f"--{key}")
+            if error:
+                raise DpmsError(error)
             setattr(c, key, value)
     if o.features is not None:
         if o.features not in FEATURE_KINDS:

@@ -20,6 +20,7 @@ from torch import Tensor
 from ..errors import DpmsError
 
 _STRIDE = 1_000_003  # a prime: sample indices stay below it, so (seed, i) ↦ k is one-to-one
+MAX_SAMPLES = _STRIDE  # samples per run (indices 0 … MAX_SAMPLES − 1)
 MAX_SEED = 2**40 - 1  # keeps k below K_LIMIT, hence every seed below 2**63 (torch takes up to 2**64 − 1)
 K_LIMIT = (MAX_SEED + 1) * _STRIDE
 LABEL_BASE = 2 * K_LIMIT  # label seeds start above the largest x_T or step-noise seed
@@ -30,8 +31,8 @@ def _sample_key(seed: int, index: int) -> int:
     seed, index = int(seed), int(index)
     if not 0 <= seed <= MAX_SEED:
         raise DpmsError(f"seed must lie in [0, 2**40), got {seed}; choose a smaller seed")
-    if not 0 <= index < _STRIDE:
-        raise DpmsError(f"sample index {index} is outside [0, {_STRIDE}); draw at most {_STRIDE} samples per run")
+    if not 0 <= index < MAX_SAMPLES:
+        raise DpmsError(f"sample index {index} is outside [0, {MAX_SAMPLES}); draw at most {MAX_SAMPLES} samples per run")
     return seed * _STRIDE + index
 
 
