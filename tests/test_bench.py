@@ -339,6 +339,10 @@ def _stats_file(tmp_path: Path, dims: int) -> Path:
         ({"model": "cifar10-ddpm", "features": "inception", "reference_stats": "STATS"},
          ["--inception-weights", "/nonexistent/pt_inception.pth"], "FID Inception weights"),
         ({"features": "digits"}, [], "the exact model gmm makes vectors, not images; use features: exact"),
+        ({"solvers": [{"name": "ddim", "label": "A"}, {"name": "ddim", "label": "B"}]}, [],
+         "solver entries 'A' and 'B' have identical settings; remove one or change its settings"),
+        ({"solvers": [{"name": "dpm3", "label": "A"}, {"name": "dpm3", "label": "B", "skip": "logSNR"}]}, [],
+         "solver entries 'A' and 'B' give the same cell (dpm3 NFE 6, skip logSNR, t_end 0.001)"),  # logSNR: the default
         ({"num": 1}, [], "num must be an integer ≥ 2 (a covariance needs at least 2 samples), got 1"),
         ({}, ["--num", "1"], "--num must be an integer ≥ 2 (a covariance needs at least 2 samples), got 1"),
         ({}, ["--seed", str(2**40)], "--seed must be at most 1099511627775"),

@@ -153,10 +153,24 @@ def plan_cells(config: BenchConfig, schedule) -> tuple[list[Cell], list[Skipped]
                 skipped.append(Skipped(entry.label, entry.name, column, str(e)))
                 continue
             cells.append(Cell(entry, spec, column, nfe, skip, t_end, paper=entry.paper.get(column), paper_column=column))
+    _check_distinct_cells(cells, where)
     if not cells:
         reasons = "; ".join(f"{s.label} {config.axis} {s.column}: {s.reason}" for s in skipped[:3])
         raise DpmsError(f"{where}: no solver can run any of {config.axis} {config.columns} ({reasons})")
     return cells, skipped
+
+
+def _check_distinct_cells(cells: list[Cell], where: str) -> None:
+    """Entries whose settings differ only where a default fills in (skip: null vs the solver's default
+    grid, t_end rules that agree at some NFE) still give one cell under two labels: refuse."""
+    seen: dict[tuple, Cell] = {}
+    for cell in cells:
+        same = (cell.spec.name, json.dumps(cell.entry.options, sort_keys=True, default=str), cell.nfe, cell.skip, cell.t_end)
+        other = seen.setdefault(same, cell)
+        if other is not cell:
+            what = "adaptive" if cell.adaptive else f"NFE {cell.nfe}"
+            raise DpmsError(f"{where}: solver entries {other.label!r} and {cell.label!r} give the same cell ({cell.spec.name} {what}, "
+                            f"skip {cell.skip}, t_end {cell.t_end:g}); remove one or change its settings")
 
 
 def assign_keys(cells: list[Cell], config: BenchConfig, identity: dict) -> None:

@@ -28,6 +28,7 @@ folder, then from the folder above the config's (the repository root for configs
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,7 +276,7 @@ def parse_config(data: dict, where: str = "config", path: Path | None = None) ->
     if grid is not None:
         r.keys(grid, GRID_KEYS, "sample_grid")
         grid = {"nfe": r.int_(grid.get("nfe", 10), "sample_grid.nfe"), "count": r.int_(grid.get("count", 100), "sample_grid.count")}
-    return BenchConfig(
+    config = BenchConfig(
         name=str(data.get("name") or (path.stem if path else "bench")),
         model=ModelSpec(
             preset=model["preset"],
@@ -305,6 +306,25 @@ def parse_config(data: dict, where: str = "config", path: Path | None = None) ->
         notes=str(data.get("notes", "")).strip(),
         path=path,
     )
+    _check_distinct_settings(config, r)
+    return config
+
+
+def _entry_settings(entry: SolverEntry, config: BenchConfig) -> str:
+    """What an entry's cells are keyed by apart from the NFE and the config-wide settings."""
+    t_end = entry.t_end if entry.t_end is not None else config.t_end
+    settings = {"name": entry.name, "options": entry.options, "skip": entry.skip or config.skip, "t_end": _t_end_to_data(t_end)}
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def _check_distinct_settings(config: BenchConfig, r: _Reader) -> None:
+    """Two entries that differ only in label would compute the same cells under two names."""
+    seen: dict[str, str] = {}
+    for entry in config.solvers:
+        settings = _entry_settings(entry, config)
+        if settings in seen:
+            r.fail(f"solver entries {seen[settings]!r} and {entry.label!r} have identical settings; remove one or change its settings")
+        seen[settings] = entry.label
 
 
 def load_config(path: str | Path) -> BenchConfig:
