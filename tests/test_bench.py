@@ -317,6 +317,20 @@ def test_model_override_switches_to_the_exact_metric(tmp_path, capsys):
     assert all("ode_error" in c and c["paper"] is None for c in document["cells"])
 
 
+def test_model_override_is_another_experiment_with_its_own_folder_and_description(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the config's out, results/dpm_solver_cifar10_continuous, is relative
+    code = main(["bench", "--config", str(REPO / "configs" / "dpm_solver_cifar10_continuous.yaml"), "--model", "gmm",
+                 "--nfe", "10", "--num", "32"])
+    assert code == 0
+    assert not (tmp_path / "results" / "dpm_solver_cifar10_continuous").exists()
+    out = tmp_path / "results" / "dpm_solver_cifar10_continuous-gmm"
+    document = json.loads((out / "results.json").read_text())
+    assert document["config"]["name"] == "dpm_solver_cifar10_continuous-gmm" and document["config"]["source"] == ""
+    md = (out / "results.md").read_text()
+    assert md.startswith("# dpm_solver_cifar10_continuous-gmm: FD (exact features) vs NFE")
+    assert "FID" not in md and "50k" not in md and "run on model gmm (--model)" in md
+
+
 # ------------------------------------------------------------------------------ errors before sampling
 def _stats_file(tmp_path: Path, dims: int) -> Path:
     path = tmp_path / "stats.npz"

@@ -377,6 +377,9 @@ def apply_overrides(config: BenchConfig, o: Overrides) -> BenchConfig:
 
     --model replaces the model; its published numbers then no longer apply and are dropped, and the
     exact model gets the exact metric (FD of exact features, plus the error against the exact ODE solution).
+    The run is then another experiment: it is named <config name>-<model>, writes to results/<that name>
+    unless --out says otherwise (never into the paper config's folder), and its description and notes,
+    which describe the config's model and numbers, are replaced.
     --solvers keeps the config's entries with those names or labels, in the order given, and adds a
     default entry for any other solver name. --nfe replaces the columns (and makes them NFE).
     """
@@ -384,8 +387,10 @@ def apply_overrides(config: BenchConfig, o: Overrides) -> BenchConfig:
     if o.model is not None and o.model != c.model.preset:
         c.model = ModelSpec(preset=o.model)
         for s in c.solvers:
-            s.paper = {}
+            s.paper, s.note = {}, None
         c.source, c.confidence = "", "none"
+        c.name, c.out, c.notes = f"{config.name}-{o.model}", None, ""
+        c.description = f"The solvers and grid of {config.name} run on model {o.model} (--model); no published numbers apply."
         if o.model == "gmm":
             c.features, c.reference_stats, c.ode_error = "exact", None, True
         elif c.features == "exact":
