@@ -6,12 +6,14 @@ line and exit with code 2.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import DpmsError
 
@@ -33,6 +35,21 @@ def _usage_errors() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _plain_one_line(message: str) -> str:
+    """The message as one line of plain text: terminal escape codes (torch's errors carry bold markers)
+    removed and line breaks folded, so the error stays one line whatever raised it."""
+    return " ".join(_ANSI_ESCAPE.sub("", message).split())
+
+
+def _print_error(error: DpmsError) -> None:
+    """`error: MESSAGE` on stderr. The message is escaped: rich would read "[model, optimizer]" or a
+    path like run[1]/ckpt.pth as markup tags and silently drop them."""
+    err_console.print("[bold red]error:[/] " + escape(_plain_one_line(str(error))), highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and of `python -m dpms`."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -43,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         # With standalone_mode=False click returns (not raises) the code of a `raise typer.Exit(code)`.
         code = app(args=argv, prog_name="dpms", standalone_mode=False)
     except DpmsError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        _print_error(e)
         return 2
     except typer.Exit as e:
         return e.exit_code

@@ -49,6 +49,34 @@ def test_errors_are_one_line_with_exit_code_2(args, message, capsys, tmp_path):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_error_text_in_brackets_survives(tmp_path, capsys):
+    """rich markup must not eat "[model, optimizer, ...]" or a path like run[1]/ (both are ordinary text)."""
+    import torch
+
+    odd = tmp_path / "run[1]" / "odd.pt"
+    odd.parent.mkdir()
+    torch.save({"weights": [1, 2]}, odd)
+    code, _, err = run(["sample", "--model", "digits", "--checkpoint", str(odd), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert "DDIM [model, optimizer, epoch, step, ema] lists" in err
+    missing = tmp_path / "run[2]" / "nope.pt"
+    code, _, err = run(["sample", "--model", "digits", "--checkpoint", str(missing), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and f"checkpoint {missing} for digits does not exist" in err
+
+
+def test_error_is_one_plain_line_without_terminal_codes(tmp_path, capsys, monkeypatch):
+    from dpms import generate
+    from dpms.errors import DpmsError
+
+    def fail(*args, **kwargs):
+        raise DpmsError("torch says \x1b[1mdo this\x1b[0m [now]\n\tor later")
+
+    monkeypatch.setattr(generate, "load_target", fail)
+    code, _, err = run(["sample", "--out", str(tmp_path)], capsys)
+    assert code == 2
+    assert err.strip() == "error: torch says do this [now] or later"
+
+
 def test_solvers_table_lists_every_solver(capsys):
     import dpms
 
