@@ -157,6 +157,20 @@ def test_rerun_skips_finished_cells_and_recomputes_changed_settings(tmp_path):
     assert [k.split("-")[0] for k in other_options.computed] == ["dpm3"]  # ddim at NFE 6 was already there
 
 
+def test_rerun_shows_the_current_labels_and_published_numbers_without_recomputing(tmp_path):
+    out = tmp_path / "out"
+    first = bench(write_config(tmp_path, nfe=[10], confidence="paper", solvers=[{"name": "dpm3", "label": "A", "paper": {10: 0.5}}]), out)
+    renamed = write_config(tmp_path, nfe=[10], confidence="secondary-high", solvers=[{"name": "dpm3", "label": "B", "paper": {10: 0.7}}])
+    second = bench(renamed, out)
+    assert second.computed == [] and fids(second) == fids(first)
+    fid = first.records[0]["fid"]
+    for cell in (json.loads((out / "results.json").read_text())["cells"][0], *(json.loads(p.read_text()) for p in (out / "cells").glob("*.json"))):
+        assert (cell["label"], cell["paper"], cell["confidence"]) == ("B", 0.7, "secondary-high")
+        assert cell["delta"] == pytest.approx(fid - 0.7) and cell["finished_at"] == first.records[0]["finished_at"]
+    row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| B |"))
+    assert f"({0.7:.2f}, {fid - 0.7:+.2f})" in row and "| A |" not in (out / "results.md").read_text()
+
+
 def test_kill_9_loses_at_most_the_running_cell(tmp_path):
     config = write_config(tmp_path, num=2000, batch=100, solvers=["ddim"], nfe=[40, 30, 20, 10])
     out = tmp_path / "killed"

@@ -50,6 +50,26 @@ def read_finished(out_dir: Path, cells) -> dict[str, dict]:
     return done
 
 
+def presentation(cell, config, value: float) -> dict:
+    """The fields of a cell's record that say how the config presents it (row label, column, published
+    number and its confidence) rather than what was computed; the cell key leaves them out."""
+    return {
+        "label": cell.label,
+        "column": cell.column,
+        "axis": config.axis,
+        "paper": cell.paper,
+        "paper_nfe": cell.paper_column if cell.adaptive else None,
+        "delta": None if cell.paper is None else value - cell.paper,
+        "confidence": cell.entry.confidence or config.confidence,
+    }
+
+
+def refresh(record: dict, cell, config) -> dict:
+    """A loaded record with the current config's presentation: a rerun after a config changed a label or
+    a published number shows the new ones without recomputing the cell."""
+    return {**record, **presentation(cell, config, record["fid"])}
+
+
 def cell_id(record: dict) -> str:
     """How a cell is named across runs and baselines: its row label and its column (or 'adaptive')."""
     return f"{record['label']}@{'adaptive' if record.get('adaptive') else record['column']}"

@@ -15,7 +15,9 @@ i ≡ r (mod K) (adaptive groups g ≡ r (mod K)); rank 0 merges the statistics 
 
 Resumability. A finished cell is written at once (`report.write_cell`, atomic) and the tables are
 regenerated; a rerun loads every finished cell whose key and settings match and runs only the rest, so
-killing the process loses at most the running cell.
+killing the process loses at most the running cell. The key covers what changes the number, not how
+the table presents it: a loaded cell takes its label, column and published number (with Δ and
+confidence) from the current config.
 """
 
 from __future__ import annotations
@@ -332,12 +334,13 @@ def _record(prep: Prepared, cell: Cell, stats, parts: list[dict], world: World) 
     used = [n for _, n in batches]
     nfe_used = sum(s * n for s, n in batches) / sum(s for s, _ in batches)
     seconds = max(part["seconds"] for part in parts)  # the slowest rank: the cell's wall time
+    shown = report.presentation(cell, config, value)
     record = {
         "key": cell.key,
-        "label": cell.label,
+        "label": shown["label"],
         "solver": cell.spec.name,
-        "column": cell.column,
-        "axis": config.axis,
+        "column": shown["column"],
+        "axis": shown["axis"],
         "nfe": cell.nfe,
         "nfe_used": round(nfe_used, 2) if cell.adaptive else int(nfe_used),
         "nfe_used_range": [min(used), max(used)],
@@ -345,10 +348,10 @@ def _record(prep: Prepared, cell: Cell, stats, parts: list[dict], world: World) 
         "stochastic": cell.spec.stochastic,
         "metric": prep.metric.name,
         "fid": value,
-        "paper": cell.paper,
-        "paper_nfe": cell.paper_column if cell.adaptive else None,
-        "delta": None if cell.paper is None else value - cell.paper,
-        "confidence": cell.entry.confidence or config.confidence,
+        "paper": shown["paper"],
+        "paper_nfe": shown["paper_nfe"],
+        "delta": shown["delta"],
+        "confidence": shown["confidence"],
         "num": config.num,
         "seconds": seconds,  # sampling + features of the slowest rank
         "sampling_seconds": max(part["sampling_seconds"] for part in parts),
@@ -374,7 +377,7 @@ def run_cells(prep: Prepared, out_dir: Path, world: World, save_images: bool = F
     console = console or Console()
     out_dir = Path(out_dir)
     config = prep.config
-    records = world.broadcast(report.read_finished(out_dir, prep.cells) if world.is_main else None)
+    records = world.broadcast(_load_finished(prep, out_dir) if world.is_main else None)
     todo = [c for c in prep.cells if c.key not in records]
     grids = grid_cells(prep)
     computed: list[str] = []
@@ -401,6 +404,19 @@ def run_cells(prep: Prepared, out_dir: Path, world: World, save_images: bool = F
         table = report.rich_table(config, prep.metric.name, prep.cells, records, prep.skipped)
     ordered = [records[c.key] for c in prep.cells if c.key in records]
     return BenchResult(ordered, prep.skipped, computed, prep.metric.name, document, table, out_dir)
+
+
+def _load_finished(prep: Prepared, out_dir: Path) -> dict[str, dict]:
+    """The finished cells in out_dir, presented as the current config says (label, published number),
+    each cell file rewritten where that changed."""
+    records = report.read_finished(out_dir, prep.cells)
+    for cell in prep.cells:
+        if cell.key in records:
+            fresh = report.refresh(records[cell.key], cell, prep.config)
+            if fresh != records[cell.key]:
+                report.write_cell(out_dir, fresh)
+            records[cell.key] = fresh
+    return records
 
 
 class _progress:
