@@ -352,3 +352,21 @@ def test_nan_from_the_network_is_one_line_naming_the_first_bad_call(gmm, solver)
     with pytest.raises(DpmsError, match=r"NaN/inf at call 3 of \d+ \(t=") as error:
         dpms.sample(broken, gmm.schedule, gmm.prior(4), solver=solver, nfe=nfe)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("mode,steps,lowered", [("official", 9, True), ("official", 10, False), (True, 9, True), (False, 5, False),
+                                                ("diffusers", 14, True), ("diffusers", 15, False), ("always", 50, True), ("never", 3, False)])
+def test_lower_order_final_modes_decide_the_last_steps_order(gmm, mode, steps, lowered):
+    """Each mode either lowers the final orders of a run of `steps` steps (= the "always" run) or not (= "never")."""
+    x_T = gmm.prior(4, torch.Generator().manual_seed(6))
+    ts = make_grid(gmm.schedule, "logSNR", steps, gmm.schedule.T, gmm.schedule.t_end, torch.float64)
+    got = dpms.sample(gmm, gmm.schedule, x_T, solver="dpmpp3m", timesteps=ts, lower_order_final=mode)
+    full = dpms.sample(gmm, gmm.schedule, x_T, solver="dpmpp3m", timesteps=ts, lower_order_final="never")
+    low = dpms.sample(gmm, gmm.schedule, x_T, solver="dpmpp3m", timesteps=ts, lower_order_final="always")
+    assert torch.equal(got, low if lowered else full)
+    assert not torch.equal(low, full)
+
+
+def test_unknown_lower_order_final_is_one_line(gmm):
+    with pytest.raises(DpmsError, match="unknown lower_order_final 'sometimes'; use one of official, diffusers, always, never"):
+        dpms.sample(gmm, gmm.schedule, gmm.prior(2), solver="dpm2m", nfe=5, lower_order_final="sometimes")

@@ -12,9 +12,16 @@ data prediction (DPM-Solver++, m = x₀):
 with, at second order, D1 = D1₀/2 ("dpmsolver" form, φ₂ replaced by φ₁/2, D2 = 0), and at third order
 D1 = D1₀ + r₀/(r₀ + r₁)(D1₀ − D1₁), D2 = (D1₀ − D1₁)/(r₀ + r₁).
 
-The first steps have too few past values and use orders 1, 2, …; with `lower_order_final` (official
-default) runs of fewer than 10 steps also lower the order of their last steps, which stabilises
-sampling at very small NFE.
+The first steps have too few past values and use orders 1, 2, …. `lower_order_final` also lowers the
+order of the last steps (the last step is 1st order, the one before it at most 2nd), which stabilises
+the large final λ-steps of few-step runs; codebases differ on when:
+
+    "official" (= True): runs of fewer than 10 steps (LuChengTHU/dpm-solver `dpm_solver_pytorch.py`)
+    "diffusers":         runs of fewer than 15 steps (diffusers' DPMSolverMultistepScheduler, and
+                          earlier releases of the official code)
+    "always":            every run (the DPM-Solver-v3 and UniPC codebases, whose re-runs of DPM-Solver++
+                          are in the DPM-Solver-v3 paper)
+    "never" (= False):   full order to the end
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import DpmsError
 from .registry import register
 from .steps import eval_at, to_data
 
@@ -58,9 +66,24 @@ def _multistep_update(x, models, lambdas, schedule, s, t, lam_t, order, data_pre
     return x_t - coef * phi_2 * d1 - coef * phi_3 * d2
 
 
-def multistep(noise_fn, schedule, x: Tensor, timesteps: Tensor, order: int, data_prediction: bool, lower_order_final: bool = True) -> Tensor:
+LOWER_ORDER_FINAL_BELOW = {"official": 10, "diffusers": 15, "always": None, "never": 0}
+
+
+def lowers_final_order(lower_order_final: bool | str, steps: int) -> bool:
+    """Whether a run of `steps` steps lowers the order of its last steps (see the module docstring)."""
+    mode = lower_order_final
+    if isinstance(mode, bool):
+        mode = "official" if mode else "never"
+    if mode not in LOWER_ORDER_FINAL_BELOW:
+        raise DpmsError(f"unknown lower_order_final {lower_order_final!r}; use one of {', '.join(LOWER_ORDER_FINAL_BELOW)} (or true/false)")
+    below = LOWER_ORDER_FINAL_BELOW[mode]
+    return below is None or steps < below
+
+
+def multistep(noise_fn, schedule, x: Tensor, timesteps: Tensor, order: int, data_prediction: bool, lower_order_final: bool | str = "official") -> Tensor:
     """Run a multistep solver over `timesteps` (NFE = number of steps)."""
     steps = len(timesteps) - 1
+    lower_final = lowers_final_order(lower_order_final, steps)
     lambdas = schedule.lambda_(timesteps)
     models, lams = [], []
     for i in range(steps):
@@ -70,31 +93,31 @@ def multistep(noise_fn, schedule, x: Tensor, timesteps: Tensor, order: int, data
         lams.append(lambdas[i])
         del models[:-order], lams[:-order]  # keep only what the order needs
         step_order = min(order, i + 1)  # warm-up: not enough history yet
-        if lower_order_final and steps < 10:
+        if lower_final:
             step_order = min(step_order, steps - i)
         x = _multistep_update(x, models, lams, schedule, s, t, lambdas[i + 1], step_order, data_prediction)
     return x
 
 
 @register("dpm2m", order="2", nfe_rule="NFE = steps (first step 1st order)", paper=PAPER_DPM)
-def dpm2m(noise_fn, schedule, x, timesteps, lower_order_final: bool = True):
+def dpm2m(noise_fn, schedule, x, timesteps, lower_order_final: bool | str = "official"):
     """Multistep DPM-Solver-2 (noise prediction)."""
     return multistep(noise_fn, schedule, x, timesteps, 2, False, lower_order_final)
 
 
 @register("dpm3m", order="3 (2 with its 1st-order warm-up step)", nfe_rule="NFE = steps (warm-up orders 1, 2)", paper=PAPER_DPM)
-def dpm3m(noise_fn, schedule, x, timesteps, lower_order_final: bool = True):
+def dpm3m(noise_fn, schedule, x, timesteps, lower_order_final: bool | str = "official"):
     """Multistep DPM-Solver-3 (noise prediction)."""
     return multistep(noise_fn, schedule, x, timesteps, 3, False, lower_order_final)
 
 
 @register("dpmpp2m", order="2", nfe_rule="NFE = steps (first step 1st order)", paper=PAPER_PP, default_skip="time_uniform", data_prediction=True)
-def dpmpp2m(noise_fn, schedule, x, timesteps, lower_order_final: bool = True):
+def dpmpp2m(noise_fn, schedule, x, timesteps, lower_order_final: bool | str = "official"):
     """DPM-Solver++(2M) (data prediction; DPM-Solver++ Algorithm 2)."""
     return multistep(noise_fn, schedule, x, timesteps, 2, True, lower_order_final)
 
 
 @register("dpmpp3m", order="3 (2 with its 1st-order warm-up step)", nfe_rule="NFE = steps (warm-up orders 1, 2)", paper=PAPER_PP, default_skip="time_uniform", data_prediction=True)
-def dpmpp3m(noise_fn, schedule, x, timesteps, lower_order_final: bool = True):
+def dpmpp3m(noise_fn, schedule, x, timesteps, lower_order_final: bool | str = "official"):
     """DPM-Solver++(3M) (data prediction)."""
     return multistep(noise_fn, schedule, x, timesteps, 3, True, lower_order_final)
