@@ -25,7 +25,7 @@ All methods take tensors of any float dtype and device and return the same dtype
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -50,8 +50,9 @@ def interpolate(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
     fp = fp.to(device=x.device, dtype=x.dtype)
     n = xp.numel()
     idx = torch.searchsorted(xp, x.contiguous(), right=False).clamp(1, n - 1)
-    x0, x1 = xp[idx - 1], xp[idx]
-    f0, f1 = fp[idx - 1], fp[idx]
+    # torch.take, not xp[idx]: indexing with a 0-d tensor reads it to the host (a device sync)
+    x0, x1 = torch.take(xp, idx - 1), torch.take(xp, idx)
+    f0, f1 = torch.take(fp, idx - 1), torch.take(fp, idx)
     return f0 + (f1 - f0) * (x - x0) / (x1 - x0)
 
 
@@ -71,6 +72,22 @@ class NoiseSchedule:
     log_alpha_array: Tensor | None = None  # discrete: (N,), float64
     name: str = ""
     grid: dict | None = None  # set by `on_grid`: a time grid and log α, α, σ, λ at its points
+    # discrete tables converted to a (device, dtype) once: a copy per α/σ/λ call would be a host-to-device
+    # transfer, and a stream synchronisation, on every network call of a GPU sampling loop
+    _tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def _table(self, name: str, like: Tensor) -> Tensor:
+        key = (name, like.device, like.dtype)
+        if key not in self._tables:
+            base = {
+                "t": lambda: self.t_array,
+                "log_alpha": lambda: self.log_alpha_array,
+                "t_flipped": lambda: torch.flip(self.t_array, [0]),
+                "log_alpha_flipped": lambda: torch.flip(self.log_alpha_array, [0]),
+                "slope": lambda: (self.log_alpha_array[1:] - self.log_alpha_array[:-1]) / (self.t_array[1:] - self.t_array[:-1]),
+            }[name]()
+            self._tables[key] = base.to(device=like.device, dtype=like.dtype)
+        return self._tables[key]
 
     # ------------------------------------------------------------------ a sampling loop's grid
     def on_grid(self, ts: Tensor) -> "NoiseSchedule":
@@ -86,7 +103,9 @@ class NoiseSchedule:
         values = {"log_alpha": log_alpha, "alpha": torch.exp(log_alpha), "sigma": self.sigma(ts), "lambda": self.lambda_(ts)}
         grid = {"ptr": ts.untyped_storage().data_ptr(), "offset": ts.storage_offset(), "n": ts.numel(),
                 "dtype": ts.dtype, "device": ts.device, "values": values}
-        return replace(self, grid=grid)
+        on = replace(self, grid=grid)
+        object.__setattr__(on, "_tables", self._tables)  # share the converted tables
+        return on
 
     def _cached(self, quantity: str, t) -> Tensor | None:
         grid = self.grid
@@ -174,7 +193,7 @@ class NoiseSchedule:
             return cached
         t = _as_tensor(t)
         if self.kind == "discrete":
-            return interpolate(t, self.t_array, self.log_alpha_array)
+            return interpolate(t, self._table("t", t), self._table("log_alpha", t))
         if self.kind == "linear":
             return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
         s = self.cosine_s
@@ -185,9 +204,8 @@ class NoiseSchedule:
         """d log α_t / dt (= f(t), the drift coefficient of the forward SDE)."""
         t = _as_tensor(t)
         if self.kind == "discrete":
-            slopes = (self.log_alpha_array[1:] - self.log_alpha_array[:-1]) / (self.t_array[1:] - self.t_array[:-1])
-            idx = torch.searchsorted(self.t_array.to(t.device, t.dtype), t.contiguous()).clamp(1, self.N - 1)
-            return slopes.to(t.device, t.dtype)[idx - 1]
+            idx = torch.searchsorted(self._table("t", t), t.contiguous()).clamp(1, self.N - 1)
+            return torch.take(self._table("slope", t), idx - 1)
         if self.kind == "linear":
             return -0.5 * t * (self.beta_1 - self.beta_0) - 0.5 * self.beta_0
         s = self.cosine_s
@@ -224,9 +242,7 @@ class NoiseSchedule:
         log_alpha = -0.5 * torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)
         if self.kind == "discrete":
             # log α is decreasing in t: interpolate on the flipped (increasing) table.
-            return interpolate(
-                log_alpha, torch.flip(self.log_alpha_array, [0]), torch.flip(self.t_array, [0])
-            )
+            return interpolate(log_alpha, self._table("log_alpha_flipped", lam), self._table("t_flipped", lam))
         if self.kind == "linear":
             # Solve (β₁-β₀)/4 t² + β₀/2 t + log α = 0 for t ≥ 0 (numerically stable root).
             tmp = 2.0 * (self.beta_1 - self.beta_0) * torch.logaddexp(-2.0 * lam, torch.zeros_like(lam))
