@@ -116,9 +116,9 @@ def wrap_model(
         out = out.to(x.dtype)
         if learned_sigma:
             out = out[:, : x.shape[1]]
-        alpha, sigma = _bcast(schedule.alpha(t), x), _bcast(schedule.sigma(t), x)
         if model_type == "noise":
             return out
+        alpha, sigma = _bcast(schedule.alpha(t), x), _bcast(schedule.sigma(t), x)
         if model_type == "x_start":
             return (x - alpha * out) / sigma
         if model_type == "v":
