@@ -388,6 +388,19 @@ def test_errors_are_one_line_and_come_before_sampling(tmp_path, capsys, changes,
     assert not out.exists()  # nothing was sampled or written
 
 
+def test_missing_reference_stats_name_the_absolute_paths_looked_at_and_how_to_make_the_file(tmp_path, capsys, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "work").mkdir()
+    config = write_config(tmp_path / "configs", model="cifar10-ddpm", features="inception", reference_stats="stats/ref.npz")
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["bench", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: reference statistics stats/ref.npz not found (looked at {tmp_path / 'work' / 'stats' / 'ref.npz'} and "
+                   f"{tmp_path / 'stats' / 'ref.npz'}); create it with `dpms stats TRAIN_IMAGES_DIR --out {tmp_path / 'stats' / 'ref.npz'}` "
+                   "(pytorch-fid's statistics of the training images) or download the published file, or pass --ref-stats PATH\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_baseline_that_is_not_a_results_file_fails_before_sampling(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")

@@ -344,15 +344,23 @@ def load_config(path: str | Path) -> BenchConfig:
     return parse_config(data or {}, where=str(path), path=path)
 
 
+def candidate_paths(value: str, config: BenchConfig) -> list[Path]:
+    """The absolute paths a config or flag path may mean, in lookup order: below the current folder,
+    then below the folder above the config's (the repository root for configs/*.yaml)."""
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return [p]
+    places = [Path.cwd() / p]
+    if config.path is not None:
+        places.append(config.path.resolve().parent.parent / p)
+    return list(dict.fromkeys(places))  # one entry when the current folder is that folder
+
+
 def resolve_path(value: str | None, config: BenchConfig) -> Path | None:
-    """A path from a config or flag: as given if it exists, else below the folder above the config's."""
+    """A path from a config or flag: the first of `candidate_paths` that exists, else as given."""
     if value is None:
         return None
-    p = Path(value).expanduser()
-    if p.exists() or p.is_absolute() or config.path is None:
-        return p
-    candidate = config.path.resolve().parent.parent / p
-    return candidate if candidate.exists() else p
+    return next((place for place in candidate_paths(value, config) if place.exists()), Path(value).expanduser())
 
 
 # ------------------------------------------------------------------------------------ overrides

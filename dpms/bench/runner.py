@@ -37,7 +37,7 @@ from ..images import save_grid, to_uint8
 from ..sampler.noise import initial_noise, labels, step_noise_seeds
 from . import report
 from .cells import Cell, Skipped, assign_keys, fingerprint, plan_cells
-from .config import BenchConfig, resolve_path
+from .config import BenchConfig, candidate_paths, resolve_path
 from .distributed import World
 
 
@@ -121,10 +121,18 @@ def _reference_path(config: BenchConfig) -> Path | None:
         raise DpmsError(f"{config.path or config.name}: FID needs reference_stats (an .npz with mu and sigma); pass --ref-stats PATH")
     path = resolve_path(config.reference_stats, config)
     if not path.is_file():
-        hint = "run `dpms train digits-classifier`" if config.features == "digits" else (
-            f"create it with `dpms stats TRAIN_IMAGES_DIR --out {path}` (pytorch-fid's statistics) or download the published file")
-        raise MissingFileError(f"reference statistics {path} not found; {hint}, or pass --ref-stats PATH")
+        raise MissingFileError(_missing_reference_message(config))
     return path
+
+
+def _missing_reference_message(config: BenchConfig) -> str:
+    """Names every absolute path looked at, and how to make the file where the config expects it."""
+    places = candidate_paths(config.reference_stats, config)
+    hint = "run `dpms train digits-classifier`" if config.features == "digits" else (
+        f"create it with `dpms stats TRAIN_IMAGES_DIR --out {places[-1]}` (pytorch-fid's statistics of the training images) "
+        "or download the published file")
+    return (f"reference statistics {config.reference_stats} not found (looked at {' and '.join(map(str, places))}); "
+            f"{hint}, or pass --ref-stats PATH")
 
 
 def _load_reference(path: Path, dims: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
