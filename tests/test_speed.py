@@ -7,6 +7,7 @@ import statistics
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import dpms
@@ -38,34 +39,144 @@ def test_solver_without_diffusers_equivalent_says_so():
     assert r.vs_diffusers is None and "no scheduler for rk2" in r.note
 
 
-class SyncCounter(TorchDispatchMode):
-    """Counts device→host reads (.item(), bool(tensor), float(tensor) all go through _local_scalar_dense)."""
+# Ops that read a tensor's value back to the host. Outside inference mode float()/.item()/int() and indexing
+# with a 0-d tensor go through _local_scalar_dense; inside it (dpms.sample runs there) they are aten.item, and
+# bool(tensor) is aten.is_nonzero. equal returns a Python bool; nonzero, masked_select, unique, bincount,
+# repeat_interleave(Tensor) have an output shape that depends on the values (a sync on CUDA).
+HOST_READ_OPS = {
+    getattr(torch.ops.aten, name)
+    for name in ("_local_scalar_dense", "item", "is_nonzero", "equal", "allclose", "nonzero", "argwhere", "masked_select",
+                 "_unique2", "unique_dim", "unique_consecutive", "bincount", "repeat_interleave")
+    if hasattr(torch.ops.aten, name)
+}
+# Tensor methods that hand values to Python without an aten op on CPU tensors.
+HOST_READ_METHODS = {"tolist", "numpy", "__array__", "cpu"}
 
-    def __init__(self):
+
+class _OpReads(TorchDispatchMode):
+    def __init__(self, counter):
         super().__init__()
-        self.syncs = 0
+        self.counter = counter
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.syncs += 1
+        if func.overloadpacket in HOST_READ_OPS:
+            self.counter.record(str(func))
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten._to_copy, torch.ops.aten.copy_) and isinstance(out, torch.Tensor):
+            if out.device.type == "cpu" and any(isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args):
+                self.counter.record(f"{func} to the host")
+        return out
+
+
+class _MethodReads(TorchFunctionMode):
+    def __init__(self, counter):
+        super().__init__()
+        self.counter = counter
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in HOST_READ_METHODS:
+            self.counter.record(func.__name__)
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("solver,nfe", [("ddim", 8), ("dpm2", 8), ("dpm3", 10), ("dpm2m", 8), ("dpm3m", 8),
-                                        ("dpmpp2s", 8), ("dpmpp2m", 8), ("dpmpp3m", 8), ("pndm", 15), ("spndm", 8),
-                                        ("rk2", 8), ("rk3", 9), ("fon", 8)])
-def test_fixed_step_loops_never_synchronise_with_the_host(gmm, solver, nfe):
-    """Between the first and the last network call a fixed-NFE solver reads no value back to the host."""
+class SyncCounter:
+    """Counts device→host reads: every aten op in HOST_READ_OPS, copies from a device to the host, and
+    the Tensor methods of HOST_READ_METHODS (a CPU tensor's .tolist()/.numpy() dispatch no aten op)."""
+
+    def __init__(self):
+        self.syncs = 0
+        self.ops: list[str] = []
+        self._modes = (_MethodReads(self), _OpReads(self))
+
+    def record(self, what: str) -> None:
+        self.syncs += 1
+        self.ops.append(what)
+
+    def __enter__(self):
+        for mode in self._modes:
+            mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for mode in reversed(self._modes):
+            mode.__exit__(*exc)
+
+
+FIXED_STEP_SOLVERS = [("ddim", 8), ("dpm1", 8), ("dpm2", 8), ("dpm3", 10), ("dpmpp2s", 8), ("dpm2m", 8), ("dpm3m", 8),
+                      ("dpmpp2m", 8), ("dpmpp3m", 8), ("rk2", 8), ("rk3", 9), ("rk2-t", 8), ("rk3-t", 9), ("fon", 8),
+                      ("pndm", 15), ("spndm", 8), ("ddpm", 8), ("euler-sde", 8)]
+
+
+def test_every_fixed_step_solver_is_checked():
+    """Only the adaptive solvers (dpm12, dpm23, rk45) are exempt: they must read their error estimate
+    every step to accept or reject it. The stochastic ones (ddpm, euler-sde) are checked too: their
+    per-step noise comes from per-sample CPU generators and is copied to the device (host→device, no read)."""
+    fixed = {name for name, spec in dpms.solvers().items() if not spec.adaptive}
+    assert fixed == {name for name, _ in FIXED_STEP_SOLVERS}
+
+
+class ToyEps(torch.nn.Module):
+    """A tiny ε network of the (x, integer-valued time input) kind the discrete presets use."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x, t_in):
+        return self.conv(x) + (t_in / 1000).reshape(-1, 1, 1, 1) * x
+
+
+@pytest.fixture(scope="module")
+def discrete():
+    from dpms.model_wrapper import wrap_model
+    from dpms.schedule import NoiseSchedule
+
+    schedule = NoiseSchedule.discrete_linear(1000)
+    torch.manual_seed(0)
+    return schedule, wrap_model(ToyEps().eval().requires_grad_(False), schedule, model_type="noise", time_map="discrete")
+
+
+def _host_reads_between_first_and_last_call(network, schedule, x_T, solver, nfe):
     counter = SyncCounter()
     at_call = []
 
     def noise_fn(x, t):
         at_call.append(counter.syncs)
-        return 0.1 * x  # a cheap network without host reads of its own
+        return network(x, t)
 
     with counter:
-        dpms.sample(noise_fn, gmm.schedule, gmm.prior(4), solver=solver, nfe=nfe)
-    assert len(at_call) == nfe and at_call[-1] == at_call[0]
+        dpms.sample(noise_fn, schedule, x_T, solver=solver, nfe=nfe)
+    assert len(at_call) == nfe
+    return at_call[-1] - at_call[0], counter.ops
+
+
+@pytest.mark.parametrize("read", [lambda x, t: float(x.sum()), lambda x, t: x.flatten()[0].item(),
+                                  lambda x, t: bool((x > 0).any()), lambda x, t: int(t[torch.tensor(0)] * 0),
+                                  lambda x, t: x.tolist(), lambda x, t: torch.equal(x, x),
+                                  lambda x, t: x.nonzero()],
+                         ids=["float", "item", "bool", "0-d index", "tolist", "equal", "nonzero"])
+def test_sync_counter_catches_a_deliberate_host_read(gmm, discrete, read):
+    """The counter is not vacuous: one read per network call, made inside dpms.sample, is seen every time."""
+    for network, schedule, x_T in [(gmm, gmm.schedule, gmm.prior(4)), (discrete[1], discrete[0], torch.randn(4, 1, 8, 8))]:
+        def reading(x, t):
+            read(x, t)
+            return network(x, t)
+
+        reads, ops = _host_reads_between_first_and_last_call(reading, schedule, x_T, "dpm3", 10)
+        assert reads >= 9, ops  # at least one in each of the calls before the last
+
+
+@pytest.mark.parametrize("solver,nfe", FIXED_STEP_SOLVERS)
+@pytest.mark.parametrize("kind", ["continuous-gmm", "discrete-toy-eps"])
+def test_fixed_step_loops_never_synchronise_with_the_host(gmm, discrete, kind, solver, nfe):
+    """Between the first and the last network call a fixed-NFE solver reads no value back to the host,
+    on a continuous schedule (the exact GMM ε) and on a discrete table (a wrapped network, time map 'discrete')."""
+    if kind == "continuous-gmm":
+        network, schedule, x_T = gmm, gmm.schedule, gmm.prior(4)
+    else:
+        (schedule, network), x_T = discrete, torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    reads, ops = _host_reads_between_first_and_last_call(network, schedule, x_T, solver, nfe)
+    assert reads == 0, ops
 
 
 # Measured peaks (batches): ddim 6, dpm2 7, dpm3 8, dpm2m 7, dpm3m 12, dpmpp3m 13, pndm 14, spndm 7 — the
