@@ -515,7 +515,74 @@ def test_pickled_code_is_never_loaded(tmp_path):
     path = _save(argparse.Namespace(weights=1), tmp_path / "pickle.pt")
     with pytest.raises(DpmsError) as error:
         load("digits", checkpoint=path)
-    assert _one_line(error).startswith(f"cannot read {path} as a tensor-only checkpoint (torch.load weights_only=True")
+    message = _one_line(error)
+    assert message.startswith(f"cannot read {path} as a tensor-only checkpoint (torch.load weights_only=True: "
+                              "Unsupported global: GLOBAL argparse.Namespace")
+    assert "\x1b" not in message  # torch's own message carries terminal bold codes
+
+
+def _damaged(kind: str, valid: bytes) -> bytes:
+    """Bytes of a file that is not a checkpoint: what interrupted downloads and error pages leave behind."""
+    return {
+        "garbage": bytes(range(256)) * 8,
+        "empty": b"",
+        "truncated": valid[: len(valid) // 2],
+        "html": b"<!DOCTYPE html><html><body>Quota exceeded</body></html>",
+    }[kind]
+
+
+def _valid_bytes(suffix: str, tmp_path: Path) -> bytes:
+    from safetensors.torch import save_file
+
+    state = {"w": torch.arange(4096.0), "b": torch.zeros(3)}
+    path = tmp_path / f"valid{suffix}"
+    save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
+    return path.read_bytes()
+
+
+REFETCH = {
+    "cifar10-ddpm": "delete {path} and download it again with `dpms download cifar10-ddpm`",
+    "guided-imagenet64": "delete {path} and download it again with `dpms download guided-imagenet64`",
+    "celeba64-ddim": "delete {path} and download it again by hand from " + get_preset("celeba64-ddim").url,
+    "digits": "restore it with `git checkout -- checkpoints/digits/digits_ddpm.pt` or recreate it with `dpms train digits`",
+}
+
+
+@pytest.mark.parametrize("kind", ["garbage", "empty", "truncated", "html"])
+@pytest.mark.parametrize(
+    "name, file_name",
+    [("cifar10-ddpm", "model-790000.ckpt"), ("guided-imagenet64", "64x64_diffusion.pt"),
+     ("celeba64-ddim", "ckpt.pth"), ("digits", "digits_ddpm.safetensors")],
+)
+def test_damaged_weight_file_is_one_line_naming_it_and_the_fix(tmp_path, kind, name, file_name):
+    path = tmp_path / file_name
+    path.write_bytes(_damaged(kind, _valid_bytes(path.suffix, tmp_path)))
+    with pytest.raises(DpmsError) as error:
+        load(name, checkpoint=path, verify_hash=False)
+    message = _one_line(error)
+    assert message.startswith(f"{path} is corrupt or unreadable (")
+    assert message.endswith("); " + REFETCH[name].format(path=path))
+    assert "\x1b" not in message and "Traceback" not in message
+
+
+@pytest.mark.parametrize("kind", ["garbage", "empty", "truncated", "html"])
+@pytest.mark.parametrize("weights", ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "config.json"])
+def test_damaged_diffusers_folder_is_one_line_naming_the_file(tmp_path, kind, weights):
+    """A folder with a damaged weight file (or config.json) names that file and says to fetch the folder again."""
+    unet = _tiny_diffusers_unet()
+    folder = tmp_path / "ddpm-cifar10-32"
+    unet.save_config(folder)
+    if weights == "config.json":
+        torch.save(unet.state_dict(), folder / "diffusion_pytorch_model.bin")
+        valid = (folder / "config.json").read_bytes()
+    else:
+        valid = _valid_bytes(Path(weights).suffix, tmp_path)
+    (folder / weights).write_bytes(_damaged(kind, valid))
+    with pytest.raises(DpmsError) as error:
+        load("ddpm-cifar10-32", checkpoint=folder, config_override=TINY_DDPM)
+    message = _one_line(error)
+    assert message.startswith(f"{folder / weights} is corrupt or unreadable (")
+    assert message.endswith(f"); delete {folder} and download it again with `dpms download ddpm-cifar10-32`")
 
 
 def test_mismatched_keys_name_first_missing_and_unexpected(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -41,20 +42,60 @@ def file_hash(path: Path, algorithm: str, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def torch_load(path: Path):
-    """`torch.load(weights_only=True)` on CPU, or safetensors; a file that needs pickled code is refused."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+class UnreadableCheckpoint(DpmsError):
+    """A file that cannot be parsed at all (truncated download, an HTML error page saved as .pt, bytes
+    overwritten, ...). `load` re-raises it with how to get that preset's file again."""
 
+    def __init__(self, path: Path, reason: str, fix: str = "delete it and download it again"):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path} is corrupt or unreadable ({reason}); {fix}")
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _reason(error: BaseException) -> str:
+    """The gist of a reader's error in one short line: torch's weights-only message spans paragraphs
+    with terminal bold codes, the useful part follows "WeightsUnpickler error:"; miniz's errors append
+    boilerplate after their first sentence."""
+    text = _ANSI_ESCAPE.sub("", str(error))
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return f"{type(error).__name__}, the file is empty or truncated"
+    return lines[0].split(". ")[0].rstrip(".")
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
         return load_file(str(path), device="cpu")
+    except SafetensorError as e:
+        raise UnreadableCheckpoint(path, f"safetensors: {_reason(e)}") from None
+
+
+def torch_load(path: Path):
+    """`torch.load(weights_only=True)` on CPU, or safetensors; a file that needs pickled code is refused
+    and a file that is not a checkpoint at all is an `UnreadableCheckpoint`."""
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except pickle.UnpicklingError as e:
+        reason = _reason(e)
+        if not reason.startswith("Unsupported global"):  # not a pickle torch can parse: damaged bytes
+            raise UnreadableCheckpoint(path, f"torch.load: {reason}") from None
         raise DpmsError(
-            f"cannot read {path} as a tensor-only checkpoint (torch.load weights_only=True: {first_line}); "
+            f"cannot read {path} as a tensor-only checkpoint (torch.load weights_only=True: {reason}); "
             "dpms never unpickles code, re-save the weights as a plain state_dict"
         ) from None
+    except (PermissionError, IsADirectoryError) as e:
+        raise DpmsError(f"cannot open {path} ({e.strerror}); check the path and its permissions") from None
+    except Exception as e:  # noqa: BLE001  damaged files make the parser fail in many ways (zip, EOF, unicode, index, ...)
+        raise UnreadableCheckpoint(path, f"torch.load: {_reason(e)}") from None
 
 
 def strip_module_prefix(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

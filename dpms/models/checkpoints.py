@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..errors import DpmsError, MissingFileError
 from ..model_wrapper import MODEL_TYPES, TIME_MAPS, NoiseFn, wrap_model
 from ..schedule import NoiseSchedule
-from .checkpoint_formats import FORMATS, HASHES, file_hash, load_strict, read_weights
+from .checkpoint_formats import FORMATS, HASHES, UnreadableCheckpoint, file_hash, load_strict, read_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = REPO_ROOT / "checkpoints" / "registry.yaml"
@@ -238,8 +238,28 @@ def _build_meta(arch: str, config: Mapping) -> nn.Module:
         return build(arch, config)
 
 
+def refetch_hint(preset: Preset, path: Path) -> str:
+    """How to replace a damaged copy of the preset's file (or folder) at `path`."""
+    if preset.download == "shipped":
+        rebuild = f" or recreate it with `{preset.reproduce}`" if preset.reproduce else ""
+        return f"restore it with `git checkout -- checkpoints/{preset.file}`{rebuild}"
+    if preset.download == "manual":
+        return f"delete {path} and download it again by hand from {preset.url}"
+    return f"delete {path} and download it again with `dpms download {preset.name}`"
+
+
 def _read_network(preset: Preset, config: dict, path: Path) -> tuple[nn.Module, dict]:
-    """(network with the checkpoint's weights, on CPU, the config it was built from)."""
+    """(network with the checkpoint's weights, on CPU, the config it was built from).
+
+    A file that cannot be parsed at all becomes one line naming it and how to get the preset's file again."""
+    try:
+        return _read_network_from(preset, config, path)
+    except UnreadableCheckpoint as e:
+        # For a diffusers folder the folder is what must be fetched again, not one file in it.
+        raise UnreadableCheckpoint(e.path, e.reason, refetch_hint(preset, path)) from None
+
+
+def _read_network_from(preset: Preset, config: dict, path: Path) -> tuple[nn.Module, dict]:
     if path.is_dir():
         from .diffusers_format import load_diffusers_unet
 

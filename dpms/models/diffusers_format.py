@@ -28,7 +28,6 @@ import re
 from pathlib import Path
 from typing import Mapping
 
-import torch
 from torch import Tensor
 
 from ..errors import DpmsError, MissingFileError
@@ -221,19 +220,34 @@ def _unet_folder(folder: Path) -> Path:
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
-    """Tensors of a .safetensors or .bin weight file, read without executing pickled code."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """Tensors of a .safetensors or .bin weight file, read without executing pickled code; a damaged
+    file is an `UnreadableCheckpoint` naming it."""
+    from .checkpoint_formats import UnreadableCheckpoint, torch_load
 
-        return load_file(str(path), device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    state = torch_load(path)
+    if not (isinstance(state, Mapping) and all(isinstance(v, Tensor) for v in state.values())):
+        raise UnreadableCheckpoint(path, f"it holds a {type(state).__name__}, not a dict of tensors")
+    return dict(state)
+
+
+def _read_config(path: Path) -> dict:
+    """config.json; an interrupted download or an HTML error page is an `UnreadableCheckpoint`."""
+    from .checkpoint_formats import UnreadableCheckpoint
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UnreadableCheckpoint(path, f"not JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise UnreadableCheckpoint(path, f"JSON {type(config).__name__}, not an object")
+    return config
 
 
 def load_diffusers_unet(folder: str | Path) -> tuple[dict, dict[str, Tensor]]:
     """(ddpm config, ddpm state_dict) read from a diffusers `UNet2DModel` folder (or a pipeline folder
     with a `unet/` subfolder). Prefers `diffusion_pytorch_model.safetensors` over `.bin`."""
     unet = _unet_folder(Path(folder))
-    config = ddpm_config_from_diffusers(json.loads((unet / "config.json").read_text()))
+    config = ddpm_config_from_diffusers(_read_config(unet / "config.json"))
     for name in _WEIGHT_FILES:
         if (unet / name).is_file():
             return config, ddpm_state_dict_from_diffusers(read_state_dict(unet / name))
