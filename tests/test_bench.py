@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,9 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from pytorch_fid import fid_score
+from pytorch_fid import inception as pf_inception
+from rich.console import Console
 
 import dpms
 from dpms.bench import Overrides, apply_overrides, compare, load_config, run_benchmark
@@ -24,10 +29,15 @@ from dpms.bench.cells import plan_cells
 from dpms.bench.report import fmt
 from dpms.bench.runner import _model_info
 from dpms.cli import main
-from dpms.evaluation import frechet_distance
+from dpms.digits import DIGITS_DIR, STATS_FILE, digits_features
+from dpms.evaluation import compute_stats, frechet_distance, load_stats
+from dpms.evaluation import inception as dpms_inception
+from dpms.evaluation.inception import FID_WEIGHTS_FILE
 from dpms.models import GaussianMixture
 from dpms.sampler import ode_reference
 from dpms.sampler.noise import initial_noise, step_noise_seeds
+
+from random_inception import save_random_fid_inception
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -371,6 +381,7 @@ def _stats_file(tmp_path: Path, dims: int) -> Path:
          "solver entries 'A' and 'B' have identical settings; remove one or change its settings"),
         ({"solvers": [{"name": "dpm3", "label": "A"}, {"name": "dpm3", "label": "B", "skip": "logSNR"}]}, [],
          "solver entries 'A' and 'B' give the same cell (dpm3 NFE 6, skip logSNR, t_end 0.001)"),  # logSNR: the default
+        ({}, ["--save-images"], "--save-images needs an image model, but the exact model gmm makes vectors; drop --save-images"),
         ({"num": 1}, [], "num must be an integer ≥ 2 (a covariance needs at least 2 samples), got 1"),
         ({}, ["--num", "1"], "--num must be an integer ≥ 2 (a covariance needs at least 2 samples), got 1"),
         ({}, ["--seed", str(2**40)], "--seed must be at most 1099511627775"),
@@ -409,8 +420,62 @@ def test_a_baseline_that_is_not_a_results_file_fails_before_sampling(tmp_path, c
     assert "is not a dpms bench results.json" in capsys.readouterr().err and not out.exists()
 
 
+# ------------------------------------------------------------------------------ progress
+def test_progress_shows_the_cell_its_images_per_second_and_eta(tmp_path):
+    console = Console(record=True, force_terminal=True, width=160)
+    run_benchmark(load_config(write_config(tmp_path, solvers=["ddim", "dpm3"], nfe=[10])), tmp_path / "out", console=console)
+    text = console.export_text()  # every frame drawn, the last one in full
+    assert "\nddim NFE 10 " in text and re.search(r"cells +\S+ 2/2 ", text), text[-2000:]
+    assert re.search(r"\ndpm3 NFE 10 \S+ 96/96 \d+ img/s ETA \d+:\d\d:\d\d\n", text), text[-2000:]
+
+
 # ------------------------------------------------------------------------------ the digits model
-@pytest.mark.skipif(not (REPO / "checkpoints" / "digits" / "digits_ddpm.pt").is_file(), reason="digits model not trained yet")
+needs_digits = pytest.mark.skipif(not (REPO / "checkpoints" / "digits" / "digits_ddpm.pt").is_file(), reason="digits model not trained yet")
+
+
+def saved_images(out: Path, record: dict) -> list[Path]:
+    return sorted((out / "images" / record["key"]).glob("*.png"))
+
+
+@needs_digits
+def test_save_images_writes_every_measured_sample_as_an_8_bit_png(tmp_path):
+    config = load_config(write_config(tmp_path, model="digits", features="digits", num=12, batch=5, nfe=[5], solvers=["ddim"]))
+    record = run_benchmark(config, tmp_path / "out", save_images=True).records[0]
+    files = saved_images(tmp_path / "out", record)
+    assert [f.name for f in files] == [f"{i:06d}.png" for i in range(12)]
+    for f in files:
+        with Image.open(f) as image:
+            assert image.mode == "L" and image.size == (8, 8) and np.asarray(image).dtype == np.uint8
+    # The files are the measured samples: their digit features give the cell's number.
+    stats = compute_stats(files[0].parent, digits_features("cpu"), batch_size=5)
+    reference = load_stats(DIGITS_DIR / STATS_FILE)
+    assert record["fid"] == pytest.approx(frechet_distance(stats.mu, stats.sigma, reference.mu, reference.sigma), rel=1e-6)  # float32 features
+
+
+@needs_digits
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
+def test_inception_bench_fid_equals_pytorch_fids_on_the_saved_images(tmp_path, monkeypatch):
+    weights = tmp_path / FID_WEIGHTS_FILE
+    # A random-weight network of the FID architecture stands in for the FID weights (no download).
+    monkeypatch.setattr(dpms_inception, "FID_WEIGHTS_SHA256", save_random_fid_inception(weights))
+    reference_mu = np.random.default_rng(0).normal(size=2048)
+    np.savez(tmp_path / "ref.npz", mu=reference_mu, sigma=np.zeros((2048, 2048)))  # a point mass: a cheap 2048-d sqrtm
+    config = write_config(tmp_path, model="digits", features="inception", reference_stats=str(tmp_path / "ref.npz"),
+                          inception_weights=str(weights), num=10, batch=5, nfe=[5], solvers=["ddim"])
+    record = run_benchmark(load_config(config), tmp_path / "out", save_images=True).records[0]
+    # pytorch-fid's own pipeline on the PNGs the bench wrote, with the same weights in place of its download.
+    monkeypatch.setattr(pf_inception, "load_state_dict_from_url", lambda url, progress=True: torch.load(weights, weights_only=True))
+    oracle = pf_inception.InceptionV3([pf_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+    files = saved_images(tmp_path / "out", record)
+    activations = fid_score.get_activations(files, oracle, batch_size=5, dims=2048, device="cpu", num_workers=0)
+    with warnings.catch_warnings():  # pytorch-fid passes scipy's deprecated `disp`
+        warnings.simplefilter("ignore")
+        expected = fid_score.calculate_frechet_distance(activations.mean(0), np.cov(activations, rowvar=False), reference_mu, np.zeros((2048, 2048)))
+    assert len(files) == 10 and record["metric"] == "FID (Inception)" and np.abs(activations).mean() > 1e-3
+    assert record["fid"] == pytest.approx(float(expected), rel=1e-9)
+
+
+@needs_digits
 def test_digits_cells_write_sample_grids_and_use_digit_features(tmp_path):
     config = load_config(REPO / "configs" / "digits.yaml")
     config = apply_overrides(config, Overrides(solvers=["ddim", "rk3"], nfe=[10, 12], num=160))

@@ -28,7 +28,9 @@ from dpms.evaluation import (
     load_stats,
 )
 from dpms.evaluation import inception as dpms_inception
-from dpms.evaluation.inception import FID_WEIGHTS_FILE, FID_WEIGHTS_URL, build_fid_inception, find_inception_weights
+from dpms.evaluation.inception import FID_WEIGHTS_FILE, FID_WEIGHTS_URL, find_inception_weights
+
+from random_inception import save_random_fid_inception
 
 
 def pytorch_fid_distance(*args) -> float:
@@ -191,22 +193,10 @@ def test_image_folder_errors(tmp_path):
 # ------------------------------------------------------------------------------------ FID Inception
 @pytest.fixture(scope="module")
 def random_inception(tmp_path_factory):
-    """A random-weight FID Inception saved where dpms and torch.hub look: TORCH_HOME/hub/checkpoints.
-    Batch-norm statistics are calibrated on two small noise images so activations keep their scale
-    through the network (with default initialisation they would shrink to ~1e-8 by pool3)."""
+    """A random-weight FID Inception saved where dpms and torch.hub look: TORCH_HOME/hub/checkpoints."""
     torch_home = tmp_path_factory.mktemp("torch_home")
-    torch.manual_seed(0)
-    net = build_fid_inception()
-    for module in net.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None  # running stats = this batch's stats
-    net.train()
-    with torch.no_grad():
-        dpms_inception.InceptionPool3(net).layers(torch.randn(2, 3, 107, 107))  # small: 2×2 maps at the end
     path = torch_home / "hub" / "checkpoints" / FID_WEIGHTS_FILE
-    path.parent.mkdir(parents=True)
-    torch.save(net.state_dict(), path)
-    return torch_home, path, dpms_inception.file_sha256(path)
+    return torch_home, path, save_random_fid_inception(path)
 
 
 @pytest.fixture

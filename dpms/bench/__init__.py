@@ -41,8 +41,9 @@ def run_benchmark(
     rank 0 writes, and only rank 0's result carries the JSON document.
     """
     from .distributed import init_world
-    from .runner import prepare, run_cells
+    from .runner import check_save_images, prepare, run_cells
 
+    check_save_images(config, save_images)
     console = console or Console()
     world = init_world(device)
     try:

@@ -159,6 +159,12 @@ def _checkpoint_paths(config: BenchConfig, preset) -> tuple[Path | None, Path | 
     return checkpoint, classifier
 
 
+def check_save_images(config: BenchConfig, save_images: bool) -> None:
+    """--save-images writes PNGs; the exact model's samples are vectors, so asking for them is a mistake."""
+    if save_images and config.model.preset == "gmm":
+        raise DpmsError("--save-images needs an image model, but the exact model gmm makes vectors; drop --save-images")
+
+
 def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
     """Check everything that can fail before a single sample is drawn, then load the model and metric.
 
@@ -440,7 +446,7 @@ class _progress:
 
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=self.console, transient=False,
+                TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False,
             )
             self.progress.start()
             self.all = self.progress.add_task("cells", total=self.cells, rate="")
