@@ -1,5 +1,9 @@
 """Several processes share a benchmark: `torchrun --nproc_per_node K -m dpms -- bench ...`.
 
+The `--` is needed: torchrun accepts any prefix of its own options even after the module name, so
+`torchrun ... -m dpms bench --num 100` fails ("ambiguous option: --num could match --numa-binding");
+without such flags the form without `--` happens to work.
+
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; `init_world` joins the process
 group (gloo on CPU, nccl on CUDA, one GPU per local rank). Rank r samples the indices i ≡ r (mod K) of
 every cell, and the feature statistics are gathered to rank 0, which alone writes files. Without those
