@@ -707,6 +707,75 @@ def test_download_diffusers_folder_falls_back_to_bin_weights(tmp_path):
         torch.testing.assert_close(loaded.net(x, t), unet(x, t).sample, rtol=1e-5, atol=1e-5)
 
 
+def _diffusers_hub(tmp_path: Path):
+    """A file:// mirror of a Hugging Face diffusers repository holding a tiny UNet (config + .bin)."""
+    unet = _tiny_diffusers_unet()
+    hub = tmp_path / "hub"
+    unet.save_config(hub / "resolve" / "main")
+    torch.save(unet.state_dict(), hub / "resolve" / "main" / "diffusion_pytorch_model.bin")
+    return dataclasses.replace(get_preset("ddpm-cifar10-32"), url=hub.as_uri())
+
+
+@pytest.mark.parametrize("failure", [DpmsError, KeyboardInterrupt])
+def test_failed_diffusers_download_leaves_no_folder(tmp_path, monkeypatch, failure):
+    """The transfer dies after config.json: nothing appears at the destination, so the preset stays missing."""
+    from dpms.models import checkpoints
+    from dpms.models import download as download_module
+
+    preset = _diffusers_hub(tmp_path)
+    real_fetch = download_module._fetch
+
+    def fetch_then_fail(url, destination, *args):
+        if destination.name != "config.json":
+            destination.write_bytes(b"half a weight file")  # what a dying transfer leaves in the temporary folder
+            raise failure("connection reset")
+        real_fetch(url, destination, *args)
+
+    monkeypatch.setattr(download_module, "_fetch", fetch_then_fail)
+    root = tmp_path / "root"
+    with pytest.raises(failure):
+        download(preset, to=root)
+    folder = root / preset.file
+    assert not folder.exists()
+    assert list(folder.parent.iterdir()) == []  # no temporary folder left either
+    monkeypatch.setenv("DPMS_CHECKPOINTS", str(root))
+    assert checkpoints.find_checkpoint(preset) is None
+
+
+def test_diffusers_folder_counts_as_present_only_with_config_and_weights(tmp_path, monkeypatch):
+    from dpms.models import checkpoints
+
+    preset = get_preset("ddpm-cifar10-32")
+    monkeypatch.setenv("DPMS_CHECKPOINTS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / preset.file
+    folder.mkdir(parents=True)
+    assert checkpoints.find_checkpoint(preset) is None  # an empty folder
+    (folder / "config.json").write_text("{}")
+    assert checkpoints.find_checkpoint(preset) is None  # config without weights
+    (folder / "diffusion_pytorch_model.bin").write_bytes(b"")
+    assert checkpoints.find_checkpoint(preset) == folder
+    pipeline = tmp_path / "pipeline"
+    (pipeline / "unet").mkdir(parents=True)
+    (pipeline / "unet" / "config.json").write_text("{}")
+    assert not checkpoints._exists(preset, pipeline)
+    (pipeline / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    assert checkpoints._exists(preset, pipeline)  # a pipeline folder: unet/ with both
+
+
+def test_download_completes_an_interrupted_diffusers_folder(tmp_path):
+    """An old incomplete folder (config.json only, plus a note of the user's) is completed, not replaced."""
+    preset = _diffusers_hub(tmp_path)
+    folder = tmp_path / "root" / preset.file
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("half")
+    (folder / "NOTES.txt").write_text("mine")
+    assert download(preset, to=tmp_path / "root") == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["NOTES.txt", "config.json", "diffusion_pytorch_model.bin"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+    load(preset, checkpoint=folder, config_override=TINY_DDPM)
+
+
 def test_cli_models_lists_presets_and_finds_files(tmp_path, monkeypatch, capsys):
     from dpms import cli
 

@@ -156,7 +156,12 @@ def search_paths(preset: Preset) -> list[Path]:
 
 
 def _exists(preset: Preset, path: Path) -> bool:
-    return path.is_dir() if preset.is_folder else path.is_file()
+    """A file, or a diffusers folder with config.json and weights (an interrupted copy is not present)."""
+    if preset.is_folder:
+        from .diffusers_format import is_complete_folder
+
+        return is_complete_folder(path)
+    return path.is_file()
 
 
 def find_checkpoint(preset: str | Preset) -> Path | None:

@@ -54,7 +54,7 @@ _REQUIRED_SETTINGS = (
 _DOWN_TYPES = {"DownBlock2D": False, "AttnDownBlock2D": True}
 _UP_TYPES = {"UpBlock2D": False, "AttnUpBlock2D": True}
 
-_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")  # in order of preference
 
 
 def _incompatible(what: str) -> DpmsError:
@@ -209,6 +209,18 @@ def ddpm_state_dict_from_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str
     return converted
 
 
+def is_complete_folder(folder: str | Path) -> bool:
+    """True when `folder` (or its pipeline `unet/` subfolder) holds config.json and a weight file.
+
+    This, not the folder's existence, is what makes a diffusers preset present: an interrupted or
+    hand-started copy leaves a folder that `load` could not read."""
+    folder = Path(folder)
+    return any(
+        (unet / "config.json").is_file() and any((unet / name).is_file() for name in WEIGHT_FILES)
+        for unet in (folder, folder / "unet")
+    )
+
+
 def _unet_folder(folder: Path) -> Path:
     """The folder holding the UNet's config.json: `folder` itself or a pipeline's `unet/` subfolder."""
     for candidate in (folder, folder / "unet"):
@@ -248,7 +260,7 @@ def load_diffusers_unet(folder: str | Path) -> tuple[dict, dict[str, Tensor]]:
     with a `unet/` subfolder). Prefers `diffusion_pytorch_model.safetensors` over `.bin`."""
     unet = _unet_folder(Path(folder))
     config = ddpm_config_from_diffusers(_read_config(unet / "config.json"))
-    for name in _WEIGHT_FILES:
+    for name in WEIGHT_FILES:
         if (unet / name).is_file():
             return config, ddpm_state_dict_from_diffusers(read_state_dict(unet / name))
-    raise MissingFileError(f"no {' or '.join(_WEIGHT_FILES)} in {unet}; download the diffusers weights next to config.json")
+    raise MissingFileError(f"no {' or '.join(WEIGHT_FILES)} in {unet}; download the diffusers weights next to config.json")

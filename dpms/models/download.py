@@ -3,13 +3,15 @@
 Each file is streamed into a temporary file beside its destination, hashed on the way (md5 / sha256 where
 the registry has a published hash), and renamed into place only when complete and verified, so an
 interrupted or corrupt download never leaves a file that `load` would pick up. diffusers presets are
-folders: config.json plus the first weight file the repository has (safetensors, else .bin).
+folders: config.json plus the first weight file the repository has (safetensors, else .bin), fetched
+into a temporary folder and moved into place once both are complete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -18,9 +20,9 @@ from typing import Callable
 
 from ..errors import DpmsError
 from .checkpoints import Preset, as_preset, default_directory, verify_hash
+from .diffusers_format import WEIGHT_FILES, is_complete_folder
 
 Progress = Callable[[str, int, int | None], None]  # (file name, bytes so far, total bytes or None)
-DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _CHUNK = 1 << 20
 
 
@@ -28,9 +30,15 @@ class _NotFound(Exception):
     """HTTP 404: the repository has no such file (try the next weight-file name)."""
 
 
+class _FetchFailed(Exception):
+    """A transfer that did not produce the file (no network, HTTP error, disk error, wrong hash).
+    The text says what happened; the caller adds the fix, which depends on what was being fetched."""
+
+
 def _fetch(url: str, destination: Path, expected: tuple[str, str] | None, progress: Progress | None,
            timeout: float) -> None:
-    """Stream `url` to a temporary file next to `destination`, check its hash, rename it into place."""
+    """Stream `url` to a temporary file next to `destination`, check its hash, rename it into place
+    (replacing a file already there only once the new one is complete and verified)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     algorithm = expected[0] if expected else "sha256"
     digest = hashlib.new(algorithm)
@@ -48,43 +56,74 @@ def _fetch(url: str, destination: Path, expected: tuple[str, str] | None, progre
                 if progress:
                     progress(destination.name, done, total)
         if expected and digest.hexdigest() != expected[1]:
-            raise DpmsError(
-                f"downloaded {url} has {algorithm} {digest.hexdigest()}, expected {expected[1]}; the file was "
-                f"discarded: try again, or download it by hand and put it at {destination}"
+            raise _FetchFailed(
+                f"downloaded {url} has {algorithm} {digest.hexdigest()}, expected {expected[1]}; the file was discarded"
             )
         os.replace(temporary, destination)
     except urllib.error.HTTPError as e:
         if e.code == 404:
             raise _NotFound(url) from None
-        raise DpmsError(f"could not download {url} (HTTP {e.code} {e.reason}); download it by hand and put it at {destination}") from None
+        raise _FetchFailed(f"could not download {url} (HTTP {e.code} {e.reason})") from None
     except urllib.error.URLError as e:
         if isinstance(e.reason, FileNotFoundError):  # file:// mirrors report a missing file this way
             raise _NotFound(url) from None
-        raise DpmsError(f"could not reach {url} ({e.reason}); download it by hand and put it at {destination}") from None
+        raise _FetchFailed(f"could not reach {url} ({e.reason})") from None
     except OSError as e:
-        raise DpmsError(f"download of {url} failed ({e}); download it by hand and put it at {destination}") from None
+        raise _FetchFailed(f"download of {url} failed ({e})") from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
 
 
 def _fetch_diffusers_folder(preset: Preset, folder: Path, progress: Progress | None, timeout: float) -> None:
-    """config.json and one weight file of a Hugging Face diffusers repository; files in place are kept."""
-    base = preset.url.rstrip("/") + "/resolve/main/"
-    if not (folder / "config.json").is_file():
-        try:
-            _fetch(base + "config.json", folder / "config.json", None, progress, timeout)
-        except _NotFound:
-            raise DpmsError(f"{base}config.json does not exist; {preset.url} is not a diffusers repository") from None
-    if any((folder / name).is_file() for name in DIFFUSERS_WEIGHTS):
+    """config.json and one weight file of a Hugging Face diffusers repository, made complete or not at all.
+
+    Both files are fetched into a temporary folder beside `folder`; only then do they move into place,
+    the weight file last, so `folder` becomes a loadable (present) folder in one rename. A complete
+    folder already there is kept as it is.
+    """
+    if is_complete_folder(folder):
         return
-    for name in DIFFUSERS_WEIGHTS:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
+    try:
+        names = _fetch_diffusers_files(preset, staging, folder, progress, timeout)
+        _move_into_place(staging, folder, names)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fetch_diffusers_files(preset: Preset, staging: Path, folder: Path, progress: Progress | None,
+                           timeout: float) -> list[str]:
+    """Fetch config.json and the first weight file the repository has into `staging`; their names."""
+    base = preset.url.rstrip("/") + "/resolve/main/"
+    by_hand = f"download config.json and {' or '.join(WEIGHT_FILES)} from {preset.url} by hand into {folder}"
+    try:
+        _fetch(base + "config.json", staging / "config.json", None, progress, timeout)
+    except _NotFound:
+        raise DpmsError(f"{base}config.json does not exist; {preset.url} is not a diffusers repository") from None
+    except _FetchFailed as e:
+        raise DpmsError(f"{e}; {by_hand}") from None
+    for name in WEIGHT_FILES:
         try:
-            _fetch(base + name, folder / name, None, progress, timeout)
-            return
+            _fetch(base + name, staging / name, None, progress, timeout)
+            return ["config.json", name]
         except _NotFound:
             continue
-    raise DpmsError(f"{preset.url} has none of {', '.join(DIFFUSERS_WEIGHTS)}; download the weights by hand into {folder}")
+        except _FetchFailed as e:
+            raise DpmsError(f"{e}; {by_hand}") from None
+    raise DpmsError(f"{preset.url} has none of {', '.join(WEIGHT_FILES)}; {by_hand}")
+
+
+def _move_into_place(staging: Path, folder: Path, names: list[str]) -> None:
+    """Rename the finished `staging` folder to `folder`. If an incomplete `folder` exists (an older
+    dpms, or a copy started by hand) its other files are left alone and the new files are renamed
+    into it one by one, the weight file last: the folder counts as present only after that rename."""
+    if not folder.exists():
+        os.replace(staging, folder)
+        return
+    for name in names:
+        os.replace(staging / name, folder / name)
 
 
 def download(
@@ -119,5 +158,7 @@ def download(
         _fetch(preset.url, destination, preset.hash, progress, timeout)
     except _NotFound:
         raise DpmsError(f"{preset.url} no longer exists (HTTP 404); find the file by hand and put it at {destination}") from None
+    except _FetchFailed as e:
+        raise DpmsError(f"{e}; download it by hand and put it at {destination}") from None
     return destination
 
