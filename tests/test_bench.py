@@ -146,6 +146,16 @@ def test_columns_by_steps_run_each_solver_at_its_own_nfe(tmp_path):
     assert f"{fmt(pndm6['fid'])} @15 (1.00, {pndm6['fid'] - 1:+.2f})" in md
 
 
+def test_an_entry_can_run_a_subset_of_the_columns(tmp_path):
+    config = write_config(tmp_path, solvers=["ddim", {"name": "dpm3", "nfe": [10], "paper": {10: 0.5}}])
+    out = tmp_path / "out"
+    result = bench(config, out)
+    assert [(r["label"], r["nfe"]) for r in result.records] == [("ddim", 6), ("ddim", 10), ("dpm3", 10)]
+    row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| dpm3 |"))
+    assert row.split("|")[2].strip() == ""  # not run, and not impossible either
+    assert bench(config, tmp_path / "all", nfe=[6]).records[-1]["label"] == "dpm3"  # --nfe replaces every entry's columns
+
+
 # ------------------------------------------------------------------------------ resuming
 def test_rerun_skips_finished_cells_and_recomputes_changed_settings(tmp_path):
     config = write_config(tmp_path)
@@ -307,7 +317,7 @@ def test_every_config_parses_and_runs_existing_presets_solvers_and_nfes():
         published = [entry for entry in config.solvers if entry.paper]
         assert (config.confidence == "none") == (not published), path.name  # numbers carry a confidence
         for entry in published:
-            assert set(entry.paper) <= set(config.columns) or dpms.solvers()[entry.name].adaptive, (path.name, entry.label)
+            assert set(entry.paper) <= set(entry.columns or config.columns) or dpms.solvers()[entry.name].adaptive, (path.name, entry.label)
         if config.features == "inception":
             assert config.num == (10000 if path.stem == "dpmpp_imagenet256_guided" else 50000), path.name
             assert config.reference_stats.endswith(".npz"), path.name
@@ -382,6 +392,9 @@ def _stats_file(tmp_path: Path, dims: int) -> Path:
         ({"solvers": [{"name": "dpm3", "label": "A"}, {"name": "dpm3", "label": "B", "skip": "logSNR"}]}, [],
          "solver entries 'A' and 'B' give the same cell (dpm3 NFE 6, skip logSNR, t_end 0.001)"),  # logSNR: the default
         ({}, ["--save-images"], "--save-images needs an image model, but the exact model gmm makes vectors; drop --save-images"),
+        ({"solvers": [{"name": "dpm3", "nfe": [6, 12]}]}, [], "solvers[0].nfe has [12], which the config's nfe [6, 10] lacks"),
+        ({"solvers": [{"name": "dpm3", "steps": [6]}]}, [], "solvers[0] lists columns by steps but the config's columns are nfe"),
+        ({"solvers": [{"name": "dpm3", "nfe": [6], "paper": {10: 1.0}}]}, [], "solvers[0].paper gives columns [10] that solvers[0].nfe leaves out"),
         ({"num": 1}, [], "num must be an integer ≥ 2 (a covariance needs at least 2 samples), got 1"),
         ({}, ["--num", "1"], "--num must be an integer ≥ 2 (a covariance needs at least 2 samples), got 1"),
         ({}, ["--seed", str(2**40)], "--seed must be at most 1099511627775"),

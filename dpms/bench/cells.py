@@ -144,7 +144,7 @@ def plan_cells(config: BenchConfig, schedule) -> tuple[list[Cell], list[Skipped]
         if not config.columns:
             raise DpmsError(f"{where}: solver {entry.name!r} needs a list of NFE (nfe: [...]) or steps (steps: [...])")
         _check_entry(entry, spec, schedule, skip, t_end_for(rules, None, schedule.t_end), where)
-        for column in config.columns:
+        for column in entry.columns or config.columns:
             try:
                 nfe = column if config.axis == "nfe" else nfe_for_steps(spec, column, skip, entry.options)
                 t_end = t_end_for(rules, nfe, schedule.t_end)

@@ -5,7 +5,7 @@ published number of every cell it reproduces::
 
     name: dpm_solver_cifar10_continuous
     source: DPM-Solver (Lu et al. 2022), Table 3      # where the numbers come from
-    confidence: paper                                   # paper | secondary-high | secondary-low | none
+    confidence: paper                                   # paper | secondary-high | secondary | secondary-low | none
     model: {preset: scoresde-cifar10-ddpmpp-deep, checkpoint: null}
     features: inception                                 # inception | digits | exact
     reference_stats: stats/fid_stats_cifar10_train.npz  # npz with mu, sigma (not used by `exact`)
@@ -20,7 +20,9 @@ published number of every cell it reproduces::
       - {name: dpm3, skip: logSNR, order_plan: fast, paper: {10: 4.70, 12: 3.75, 15: 3.24, 20: 2.87}}
 
 A solver entry takes `name`, optional `label` (the table row; default the name), `skip`, `t_end`,
-`paper` ({column: number}), `confidence`, `note`; every other key is a solver option (`order_plan`,
+`paper` ({column: number}), `confidence`, `note`, and `nfe` or `steps` (whichever the config uses: the
+subset of its columns this entry runs, for a grid that cannot place every column); every other key is a
+solver option (`order_plan`,
 `rtol`, ...) and is checked against the solver's signature. Relative paths are looked up from the current
 folder, then from the folder above the config's (the repository root for configs/*.yaml).
 """
@@ -39,14 +41,14 @@ from ..errors import DpmsError, MissingFileError
 from ..sampler.noise import MAX_SAMPLES, MAX_SEED
 
 FEATURE_KINDS = ("inception", "digits", "exact")
-CONFIDENCE = ("paper", "secondary-high", "secondary-low", "none")
+CONFIDENCE = ("paper", "secondary-high", "secondary", "secondary-low", "none")  # the reference's labels
 TOP_KEYS = {
     "name", "description", "source", "confidence", "notes", "model", "features", "reference_stats",
     "inception_weights", "ode_error", "num", "batch", "adaptive_batch", "seed", "nfe", "steps", "t_end", "skip",
     "solvers", "sample_grid", "out",
 }
 MODEL_KEYS = {"preset", "checkpoint", "classifier", "guidance_scale", "dtype"}
-SOLVER_KEYS = {"name", "label", "skip", "t_end", "paper", "confidence", "note"}
+SOLVER_KEYS = {"name", "label", "skip", "t_end", "paper", "confidence", "note", "nfe", "steps"}
 GRID_KEYS = {"nfe", "count"}
 # A Fréchet distance needs a covariance, hence at least 2 samples; sample indices and seeds stay in the
 # ranges where the noise streams of `dpms.sampler.noise` are disjoint.
@@ -74,6 +76,7 @@ class SolverEntry:
     paper: dict[int, float] = field(default_factory=dict)  # column (NFE or steps) → published number
     confidence: str | None = None  # None: the config's
     note: str | None = None
+    columns: list[int] | None = None  # the config's columns this entry runs (None: all of them)
 
 
 @dataclass
@@ -135,6 +138,8 @@ def _solver_to_data(s: SolverEntry) -> dict:
             out[key] = getattr(s, key)
     if s.t_end is not None:
         out["t_end"] = _t_end_to_data(s.t_end)
+    if s.columns is not None:
+        out["columns"] = list(s.columns)
     if s.paper:
         out["paper"] = dict(s.paper)
     return out
@@ -243,7 +248,30 @@ def _solver_entry(raw, k: int, r: _Reader) -> SolverEntry:
         paper=r.paper(raw.get("paper"), f"solvers[{k}].paper"),
         confidence=r.confidence(raw.get("confidence"), f"solvers[{k}].confidence"),
         note=raw.get("note"),
+        columns=_entry_columns(raw, k, r),
     )
+
+
+def _entry_columns(raw: dict, k: int, r: _Reader) -> list[int] | None:
+    if "nfe" in raw and "steps" in raw:
+        r.fail(f"solvers[{k}] gives both nfe and steps; give the one the config's columns use")
+    key = "nfe" if "nfe" in raw else "steps" if "steps" in raw else None
+    return None if key is None else r.int_list(raw[key], f"solvers[{k}].{key}")
+
+
+def _check_entry_columns(raw_solvers: list, solvers: list[SolverEntry], axis: str, columns: list[int], r: _Reader) -> None:
+    """An entry's own column list must use the config's axis and stay inside its columns."""
+    for k, (raw, entry) in enumerate(zip(raw_solvers, solvers)):
+        if entry.columns is None:
+            continue
+        if not isinstance(raw, dict) or axis not in raw:
+            r.fail(f"solvers[{k}] lists columns by {'steps' if axis == 'nfe' else 'nfe'} but the config's columns are {axis}")
+        extra = [c for c in entry.columns if c not in columns]
+        if extra:
+            r.fail(f"solvers[{k}].{axis} has {extra}, which the config's {axis} {columns} lacks; add them there or drop them here")
+        unshown = [c for c in entry.paper if c not in entry.columns]
+        if unshown:
+            r.fail(f"solvers[{k}].paper gives columns {unshown} that solvers[{k}].{axis} leaves out; add them there")
 
 
 def parse_config(data: dict, where: str = "config", path: Path | None = None) -> BenchConfig:
@@ -306,6 +334,7 @@ def parse_config(data: dict, where: str = "config", path: Path | None = None) ->
         notes=str(data.get("notes", "")).strip(),
         path=path,
     )
+    _check_entry_columns(solvers_raw, solvers, axis, config.columns, r)
     _check_distinct_settings(config, r)
     return config
 
@@ -412,8 +441,9 @@ def apply_overrides(config: BenchConfig, o: Overrides) -> BenchConfig:
             chosen.extend(match or [SolverEntry(name=name, label=name)])
         c.solvers = list({s.label: s for s in chosen}.values())
     if o.nfe is not None:
-        if c.axis != "nfe":
-            for s in c.solvers:
+        for s in c.solvers:
+            s.columns = None  # --nfe is the whole grid
+            if c.axis != "nfe":
                 s.paper = {}
         c.columns, c.axis = list(o.nfe), "nfe"
     for key in ("num", "batch", "seed"):
