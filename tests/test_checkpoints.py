@@ -630,9 +630,10 @@ def test_published_hash_is_verified(tmp_path, algorithm):
     bad = dataclasses.replace(good, hash=(algorithm, wrong))
     with pytest.raises(DpmsError) as error:
         load(bad, checkpoint=path, config_override=TINY_DDPM)
-    assert _one_line(error).startswith(
-        f"{path} has {algorithm} {actual} but preset cifar10-ddpm expects {wrong} (the published file); "
-    )
+    message = _one_line(error)
+    assert message.startswith(f"{path} has {algorithm} {actual} but preset cifar10-ddpm expects {wrong} (the published file); ")
+    assert "re-download it (get it with `dpms download cifar10-ddpm`" in message
+    assert message.endswith("or, for your own weights, pass --no-verify (verify_hash=False in Python)")
     load(bad, checkpoint=path, config_override=TINY_DDPM, verify_hash=False)
 
 
@@ -682,6 +683,44 @@ def test_download_with_wrong_hash_leaves_nothing(tmp_path):
         download(preset, to=tmp_path / "root")
     assert "expected ffffffffffffffffffffffffffffffff; the file was discarded" in _one_line(error)
     assert list((tmp_path / "root" / "sub").iterdir()) == []
+
+
+def test_download_replaces_a_file_that_fails_the_published_hash(tmp_path):
+    """`dpms download` over a damaged copy fetches the file again instead of repeating "re-download it"."""
+    source, preset = _file_preset(tmp_path, "md5")
+    destination = tmp_path / "root" / preset.file
+    destination.parent.mkdir(parents=True)
+    destination.write_bytes(b"truncated")
+    with pytest.raises(DpmsError, match="re-download it"):
+        load(preset, checkpoint=destination)
+    assert download(preset, to=tmp_path / "root") == destination
+    assert destination.read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in destination.parent.iterdir()) == ["model.ckpt"]
+
+
+def test_download_keeps_a_file_that_matches_the_published_hash(tmp_path):
+    source, preset = _file_preset(tmp_path, "sha256")
+    destination = tmp_path / "root" / preset.file
+    destination.parent.mkdir(parents=True)
+    destination.write_bytes(source.read_bytes())
+    offline = dataclasses.replace(preset, url="http://127.0.0.1:9/model.ckpt")  # nothing is fetched
+    assert download(offline, to=tmp_path / "root", timeout=5) == destination
+
+
+def test_download_over_a_damaged_file_without_network_says_to_delete_it(tmp_path):
+    _, preset = _file_preset(tmp_path, "md5")
+    offline = dataclasses.replace(preset, url="http://127.0.0.1:9/model.ckpt")
+    destination = tmp_path / "root" / preset.file
+    destination.parent.mkdir(parents=True)
+    destination.write_bytes(b"truncated")
+    with pytest.raises(DpmsError) as error:
+        download(offline, to=tmp_path / "root", timeout=5)
+    message = _one_line(error)
+    assert message.startswith(f"{destination} does not match the published md5 and downloading it again failed: "
+                              "could not reach http://127.0.0.1:9/model.ckpt (")
+    assert message.endswith(f"; delete {destination}, then run `dpms download cifar10-ddpm` again "
+                            "or download it by hand from http://127.0.0.1:9/model.ckpt")
+    assert destination.read_bytes() == b"truncated"  # nothing half-written replaced it
 
 
 def test_download_without_network_says_where_to_put_the_file(tmp_path):

@@ -220,7 +220,7 @@ def verify_hash(preset: Preset, path: Path) -> None:
         raise DpmsError(
             f"{path} has {algorithm} {actual} but preset {preset.name} expects {expected} (the published file); "
             f"it is corrupt or another checkpoint: re-download it ({how_to_get(preset)}), "
-            "or pass verify_hash=False for your own weights"
+            "or, for your own weights, pass --no-verify (verify_hash=False in Python)"
         )
 
 

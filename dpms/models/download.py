@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DpmsError
-from .checkpoints import Preset, as_preset, default_directory, verify_hash
+from .checkpoint_formats import file_hash
+from .checkpoints import Preset, as_preset, default_directory
 from .diffusers_format import WEIGHT_FILES, is_complete_folder
 
 Progress = Callable[[str, int, int | None], None]  # (file name, bytes so far, total bytes or None)
@@ -134,7 +135,8 @@ def download(
 ) -> Path:
     """Download a preset's file into `to` (default `default_directory()`) and return its path.
 
-    A file already in place is verified and kept. Presets hosted where urllib cannot fetch (Google
+    A file already in place is kept when it matches the published hash (or none is published); one
+    that does not is downloaded again and replaced. Presets hosted where urllib cannot fetch (Google
     Drive) and shipped presets raise a one-line `DpmsError` saying where to put the file by hand.
     """
     preset = as_preset(preset)
@@ -151,14 +153,29 @@ def download(
     if preset.is_folder:
         _fetch_diffusers_folder(preset, destination, progress, timeout)
         return destination
-    if destination.is_file():
-        verify_hash(preset, destination)
+    damaged = destination.is_file() and not _is_published_file(preset, destination)
+    if destination.is_file() and not damaged:
         return destination
+    # A damaged file stays where it is until the new one is complete and verified (`_fetch` renames over it).
     try:
         _fetch(preset.url, destination, preset.hash, progress, timeout)
     except _NotFound:
         raise DpmsError(f"{preset.url} no longer exists (HTTP 404); find the file by hand and put it at {destination}") from None
     except _FetchFailed as e:
+        if damaged:
+            algorithm = preset.hash[0]
+            raise DpmsError(
+                f"{destination} does not match the published {algorithm} and downloading it again failed: {e}; "
+                f"delete {destination}, then run `dpms download {preset.name}` again or download it by hand from {preset.url}"
+            ) from None
         raise DpmsError(f"{e}; download it by hand and put it at {destination}") from None
     return destination
+
+
+def _is_published_file(preset: Preset, path: Path) -> bool:
+    """Whether the file at `path` is the published one; without a published hash dpms cannot tell, and keeps it."""
+    if preset.hash is None:
+        return True
+    algorithm, expected = preset.hash
+    return file_hash(path, algorithm) == expected
 
