@@ -34,6 +34,37 @@ def test_report_is_consistent_and_diffusers_makes_the_same_calls(solver, nfe):
     assert r.batch_bytes == 32 * 8 * 8  # float64 8-d samples
 
 
+@pytest.mark.parametrize("solver", ["dpm2m", "dpm3m", "dpmpp2m", "dpmpp3m", "dpm2", "dpm3", "dpmpp2s"])
+@pytest.mark.parametrize("nfe", [8, 10, 20])
+def test_diffusers_dpm_solvers_end_at_dpms_final_sigma_and_lower_the_final_order_as_dpms(gmm, solver, nfe):
+    """diffusers' default final_sigmas_type="zero" ends with a step to σ = 0 and its multistep scheduler
+    lowers the last orders below 15 steps (dpms: below 10); the equivalent must step to dpms's t_end."""
+    from dpms.sampler.multistep import lowers_final_order
+    from dpms.speed import _diffusers_loop, diffusers_options
+
+    name, options, _ = diffusers_options(solver, nfe)
+    assert options["final_sigmas_type"] == "sigma_min"
+    if name == "DPMSolverMultistepScheduler":
+        assert options["lower_order_final"] is lowers_final_order("official", nfe)
+    run, _, count_calls = _diffusers_loop(solver, gmm.schedule, gmm, nfe, torch.device("cpu"))
+    assert count_calls() == nfe
+
+
+@pytest.mark.parametrize("solver", ["dpmpp2m", "dpmpp3m"])
+@pytest.mark.parametrize("nfe", [10, 20])
+def test_diffusers_dpmpp_multistep_computes_what_dpms_computes(gmm, solver, nfe):
+    """Same grid (time-uniform), same last step, same orders: diffusers' samples match dpms's to about the
+    float32 of its σ table (with diffusers' defaults they differ by 15 % to 100 % here)."""
+    from dpms.speed import _diffusers_loop
+
+    x_T = gmm.prior(256, generator=torch.Generator().manual_seed(0))
+    ours = dpms.sample(gmm, gmm.schedule, x_T, solver=solver, nfe=nfe)
+    run, _, _ = _diffusers_loop(solver, gmm.schedule, gmm, nfe, torch.device("cpu"))
+    with torch.inference_mode():
+        theirs = run(x_T)
+    assert (theirs - ours).norm() / ours.norm() < 1e-2
+
+
 def test_solver_without_diffusers_equivalent_says_so():
     r = measure_speed("gmm", "rk2", 6, batch=8, repeats=1, memory=False)
     assert r.vs_diffusers is None and "no scheduler for rk2" in r.note
