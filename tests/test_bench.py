@@ -323,6 +323,33 @@ def test_every_config_parses_and_runs_existing_presets_solvers_and_nfes():
             assert config.reference_stats.endswith(".npz"), path.name
 
 
+def test_every_paper_config_states_its_protocol_its_assumptions_and_grid_deviations():
+    for path in CONFIGS:
+        if path.stem in ("digits", "gmm"):
+            continue
+        header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+        for item in ("Model:", "Reference statistics:", "t_end", "time map", "grid"):
+            assert item in header, (path.name, item)
+        config = load_config(path)
+        shown = " ".join([config.description, config.notes, *(s.note or "" for s in config.solvers)])  # what reports print
+        assert "assumption" in shown.lower(), path.name  # each makes a protocol choice the reference does not state
+        assert "50k samples" not in config.description, path.name  # `num` says it, and --num changes it
+        if {config.skip, *(s.skip for s in config.solvers)} & {"discrete_uniform", "discrete_quadratic"}:
+            assert "DEVIATION" in header and "index 999" in config.description and "ᾱ = 1" in config.description, path.name
+
+
+def test_ddims_own_number_sits_on_ddims_quadratic_index_grid():
+    for path in CONFIGS:
+        config = load_config(path)
+        for entry in config.solvers:
+            if 13.36 in entry.paper.values():
+                assert (entry.name, entry.skip or config.skip, entry.paper) == ("ddim", "discrete_quadratic", {10: 13.36}), path.name
+    imagenet64 = load_config(REPO / "configs" / "dpm_solver_imagenet64.yaml")
+    cells, _ = plan_cells(imagenet64, _model_info(imagenet64)[0])
+    assert {round(c.t_end, 7) for c in cells} == {round(1 / 3984, 7)} and "2.51e-4" in imagenet64.description
+    assert load_config(REPO / "configs" / "dpm_solver_cifar10_adaptive.yaml").confidence == "secondary"
+
+
 def test_default_digits_config_covers_every_solver_and_nfe():
     config = load_config(REPO / "configs" / "digits.yaml")
     assert [s.name for s in config.solvers] == ["ddim", "spndm", "pndm", "rk2", "rk3", "dpm2", "dpm3", "dpm12", "dpm23",
@@ -340,6 +367,7 @@ def test_continuous_cifar10_t_end_rule_and_published_numbers():
     cells, _ = plan_cells(pndm, _model_info(pndm)[0])
     nfe = {(c.label, c.column): c.nfe for c in cells}
     assert nfe[("DDIM", 50)] == 50 and nfe[("S-PNDM", 50)] == 51 and nfe[("F-PNDM", 50)] == 59 and nfe[("FON", 50)] == 200
+    assert {column for label, column in nfe if label == "DDIM (quadratic)"} == {10, 20}
 
 
 def test_model_override_switches_to_the_exact_metric(tmp_path, capsys):
