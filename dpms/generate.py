@@ -34,6 +34,7 @@ class Target:
     make_noise_fn: object  # (labels or None) -> noise_fn(x, t)
     num_classes: int | None = None
     extra: dict = field(default_factory=dict)
+    uint8: str = "floor"  # quantisation of image samples (dpms.images.to_uint8), the preset's `uint8`
 
 
 def load_target(
@@ -73,7 +74,8 @@ def load_target(
     def make_noise_fn(y=None):
         return loaded.noise_fn(y=y, guidance_scale=guidance_scale, classifier=clf, autocast_dtype=autocast)
 
-    return Target(model, loaded.schedule, tuple(loaded.image_shape), True, make_noise_fn, label_classes)
+    return Target(model, loaded.schedule, tuple(loaded.image_shape), True, make_noise_fn, label_classes,
+                  uint8=loaded.preset.uint8)
 
 
 def generate(
@@ -121,7 +123,7 @@ def generate(
                 )
                 nfe_used.append(info.nfe)
                 if target.is_image:
-                    imgs = to_uint8(x)
+                    imgs = to_uint8(x, target.uint8)
                     chunks.append(imgs)
                     if save_png:
                         save_pngs(imgs, out / "images", done)

@@ -9,12 +9,30 @@ import torch
 from torch import Tensor
 
 from .atomic import atomic_write
+from .errors import DpmsError
 
 
-def to_uint8(x: Tensor) -> Tensor:
-    """[-1, 1] NCHW floats → uint8 NHWC, as the guided-diffusion and score_sde/DPM-Solver sampling
-    scripts do: ((x + 1) · 127.5).clamp(0, 255) truncated to uint8."""
-    return ((x.float() + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
+UINT8_CONVENTIONS = ("floor", "round")
+
+
+def to_uint8(x: Tensor, convention: str = "floor") -> Tensor:
+    """[-1, 1] NCHW floats → uint8 NHWC, quantised the way the pipeline behind a paper's FID saved samples.
+
+    The two conventions differ by up to one grey level in about half of all pixels, which moves FID:
+    * "floor": ((x + 1) · 127.5).clamp(0, 255) truncated — guided-diffusion's and improved-diffusion's
+      sample scripts, and score_sde's run_lib (np.clip(255 · (x + 1)/2, 0, 255).astype(uint8)).
+    * "round": torchvision's save_image of ((x + 1)/2).clamp(0, 1), i.e. 255 · v + 0.5 clamped and
+      truncated (round half up) — the runners of ermongroup/ddim, PNDM and DPM-Solver's
+      examples/ddpm_and_guided-diffusion; diffusers' numpy_to_pil rounds the same values.
+    """
+    if convention == "floor":
+        u8 = ((x.float() + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
+    elif convention == "round":
+        # The same float32 operations in the same order as the runners, so ties land where theirs do.
+        u8 = ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+    else:
+        raise DpmsError(f"unknown uint8 convention {convention!r}; use one of {', '.join(UINT8_CONVENTIONS)}")
+    return u8.permute(0, 2, 3, 1).cpu()
 
 
 def save_pngs(images_uint8: Tensor, out_dir: Path, first_index: int) -> None:

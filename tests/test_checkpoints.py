@@ -246,6 +246,45 @@ def test_registry_entry_matches_checkpoints_md(name):
     NoiseSchedule.from_spec(p.schedule)
 
 
+# How each model's samples become uint8 images: the convention of the pipeline behind its paper's FID.
+# round: torchvision save_image in ermongroup/ddim, PNDM and DPM-Solver's ddpm_and_guided-diffusion runners
+# (DPM-Solver samples improved ImageNet 64, guided ImageNet 128 / 256 and LSUN bedroom there) and diffusers'
+# numpy_to_pil; floor: guided-diffusion's own sample scripts and score_sde's run_lib; digits: dpms's own.
+UINT8 = {
+    **dict.fromkeys(["cifar10-ddpm", "celeba64-ddim", "lsun-bedroom-ddpm", "lsun-church-ddpm", "lsun-cat-ddpm",
+                     "improved-imagenet64", "improved-cifar10", "guided-imagenet128", "guided-imagenet256",
+                     "guided-lsun-bedroom", "ddpm-cifar10-32", "ddpm-celebahq-256", "ddpm-ema-church-256"], "round"),
+    **dict.fromkeys(["guided-imagenet64", "guided-imagenet256-uncond", "guided-imagenet512", "scoresde-cifar10-ddpmpp-deep",
+                     "scoresde-cifar10-ddpmpp", "scoresde-cifar10-ddpm", "digits"], "floor"),
+}
+
+
+def test_every_model_names_the_uint8_convention_of_its_papers_pipeline():
+    models = {name for name, p in presets().items() if p.kind == "model"}
+    assert set(UINT8) == models
+    for name in models:
+        assert get_preset(name).uint8 == UINT8[name], name
+
+
+def test_digits_keeps_the_convention_of_the_committed_results():
+    from dpms.generate import load_target
+
+    assert load_target("digits").uint8 == "floor"
+
+
+def test_uint8_field_is_checked():
+    from dpms.models.checkpoints import _parse_preset
+
+    entry = {k: v for k, v in dataclasses.asdict(get_preset("digits")).items() if k != "name"}
+    with pytest.raises(DpmsError, match=r"registry preset 'x': uint8='nearest' is not one of floor, round"):
+        _parse_preset("x", {**entry, "uint8": "nearest"})
+    with pytest.raises(DpmsError, match="lacks field"):
+        _parse_preset("x", {k: v for k, v in entry.items() if k != "uint8"})
+    classifier = {k: v for k, v in dataclasses.asdict(get_preset("guided-classifier64")).items() if k != "name"}
+    with pytest.raises(DpmsError, match="a classifier preset makes no images; drop its uint8 field"):
+        _parse_preset("x", classifier)
+
+
 def test_registry_entries_are_complete_and_consistent():
     table = presets()
     files = [p.file for p in table.values() if p.file]

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import DpmsError, MissingFileError
+from ..images import UINT8_CONVENTIONS
 from ..model_wrapper import MODEL_TYPES, TIME_MAPS, NoiseFn, wrap_model
 from ..schedule import NoiseSchedule
 from .checkpoint_formats import FORMATS, HASHES, UnreadableCheckpoint, file_hash, load_strict, read_weights
@@ -55,6 +56,7 @@ class Preset:
     learned_sigma: bool = False
     num_classes: int | None = None
     classifier: str | None = None
+    uint8: str = "floor"  # how samples become 8-bit images (dpms.images.to_uint8), as the paper's FID pipeline did
     file: str | None = None
     format: str | None = None
     url: str | None = None
@@ -84,14 +86,26 @@ def _check_choice(name: str, key: str, value, choices) -> None:
         raise DpmsError(f"registry preset {name!r}: {key}={value!r} is not one of {', '.join(map(str, choices))}")
 
 
+def _check_uint8(name: str, kind: str, entry: Mapping) -> None:
+    """Diffusion models name how their samples become 8-bit images (it moves FID); classifiers and
+    the exact model make no images."""
+    if kind == "model":
+        _check_choice(name, "uint8", entry["uint8"], UINT8_CONVENTIONS)
+    elif "uint8" in entry:
+        raise DpmsError(f"registry preset {name!r}: a {kind} preset makes no images; drop its uint8 field")
+
+
 def _parse_preset(name: str, entry: Mapping) -> Preset:
     """Validate one registry entry; a malformed entry is a one-line `DpmsError` naming the field."""
     kind = entry.get("kind")
     _check_choice(name, "kind", kind, KINDS)
     required = ("arch", "image_shape", "schedule") if kind == "exact" else _NETWORK_FIELDS
+    if kind == "model":
+        required += ("uint8",)
     absent = [key for key in required if key not in entry]
     if absent:
         raise DpmsError(f"registry preset {name!r} lacks field(s) {', '.join(absent)}; see checkpoints/registry.yaml")
+    _check_uint8(name, kind, entry)
     if kind != "exact":
         _check_choice(name, "model_type", entry["model_type"], MODEL_TYPES if kind == "model" else ("logits",))
         _check_choice(name, "time_map", entry["time_map"], TIME_MAPS)

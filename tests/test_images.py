@@ -1,0 +1,87 @@
+"""Samples → uint8 images: both quantisation conventions of the papers' FID pipelines, and files that agree.
+
+* "floor": guided-diffusion's sample scripts, ((x + 1)·127.5).clamp(0, 255).to(uint8).
+* "round": torchvision's save_image of (x + 1)/2 (ermongroup/ddim, PNDM, DPM-Solver's ddpm runner).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dpms.errors import DpmsError
+from dpms.images import to_uint8
+
+
+def _samples(n=4, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g) * 0.6  # some pixels beyond [-1, 1] too
+
+
+def test_floor_truncates_and_round_goes_to_the_nearest_level():
+    # (x + 1)·127.5 = 0.6, 1.7, 254.4, 254.6 → floor 0, 1, 254, 254; round 1, 2, 254, 255 (out of range: clamped)
+    levels = torch.tensor([0.6, 1.7, 254.4, 254.6, -3.0, 300.0])
+    x = (levels / 127.5 - 1.0).reshape(1, 1, 1, -1)
+    assert to_uint8(x, "floor").flatten().tolist() == [0, 1, 254, 254, 0, 255]
+    assert to_uint8(x, "round").flatten().tolist() == [1, 2, 254, 255, 0, 255]
+    assert to_uint8(x).flatten().tolist() == to_uint8(x, "floor").flatten().tolist()  # the default
+
+
+def test_floor_is_guided_diffusions_quantisation():
+    x = _samples()
+    expected = ((x + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)  # guided-diffusion sample scripts
+    assert torch.equal(to_uint8(x, "floor"), expected)
+
+
+def test_round_is_torchvision_save_image_of_the_ddim_runners(tmp_path):
+    tvu = pytest.importorskip("torchvision.utils")
+    x = _samples()
+    got = to_uint8(x, "round").numpy()
+    inverse = torch.clamp((x + 1.0) / 2.0, 0.0, 1.0)  # the runners' inverse_data_transform
+    for i in range(x.shape[0]):
+        tvu.save_image(inverse[i], tmp_path / f"{i}.png")
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"{i}.png")), got[i])
+
+
+def test_the_conventions_differ_by_one_level_in_about_half_the_pixels():
+    x = _samples(n=16)
+    diff = to_uint8(x, "round").int() - to_uint8(x, "floor").int()
+    assert set(diff.unique().tolist()) <= {0, 1}
+    inside = ((x > -1) & (x < 1)).permute(0, 2, 3, 1)
+    assert 0.4 < diff[inside].float().mean().item() < 0.6
+
+
+def _image_target(convention: str):
+    from dpms.generate import Target
+    from dpms.schedule import NoiseSchedule
+
+    def make_noise_fn(y=None):
+        return lambda x, t: 0.3 * x  # a stand-in network: samples spread over (and beyond) [-1, 1]
+
+    return Target("toy", NoiseSchedule.discrete_linear(1000), (3, 8, 8), True, make_noise_fn, uint8=convention)
+
+
+def _pngs(folder) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
+
+
+def test_generate_writes_the_targets_convention_and_pngs_equal_the_npz(tmp_path):
+    from dpms.generate import generate
+
+    written = {}
+    for convention in ("floor", "round"):
+        out = tmp_path / convention
+        generate(_image_target(convention), "ddim", 4, 6, 4, 0, out, console=None)
+        samples = np.load(out / "samples.npz")["samples"]
+        assert samples.dtype == np.uint8 and samples.shape == (6, 8, 8, 3)
+        assert np.array_equal(_pngs(out / "images"), samples)
+        written[convention] = samples.astype(int)
+    diff = written["round"] - written["floor"]
+    assert set(np.unique(diff)) == {0, 1}  # same samples, quantised both ways
+
+
+def test_unknown_convention_is_one_line():
+    with pytest.raises(DpmsError, match="unknown uint8 convention 'nearest'; use one of floor, round"):
+        to_uint8(_samples(), "nearest")
