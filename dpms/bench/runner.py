@@ -195,6 +195,8 @@ def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
             "classifier": fingerprint(classifier),
             "guidance_scale": config.model.guidance_scale,
             "dtype": config.model.dtype,
+            # Only a non-default quantisation enters the key, so cells measured before it existed keep theirs.
+            **({"uint8": preset.uint8} if preset is not None and preset.uint8 != "floor" else {}),
         },
         "metric": {"features": config.features, "reference": fingerprint(reference), "ode_error": config.ode_error},
     }
@@ -258,7 +260,7 @@ def _features(prep: Prepared, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     with torch.inference_mode():
         if not prep.target.is_image:
             return prep.metric.features(x), None
-        u8 = to_uint8(x)
+        u8 = to_uint8(x, prep.target.uint8)  # the preset's convention (registry `uint8`)
         return prep.metric.features.from_uint8(u8), u8
 
 
