@@ -110,6 +110,16 @@ def _parse_options(option: list[str]) -> dict:
     return out
 
 
+def _parse_labels(labels: Optional[str]) -> Optional[list[int]]:
+    """--labels 3,207,980 → [3, 207, 980]; whether they fit the model's classes is checked by `generate`."""
+    if not labels:
+        return None
+    try:
+        return [int(v) for v in labels.split(",")]
+    except ValueError:
+        raise DpmsError(f"--labels takes comma-separated class indices such as 3,207,980, got {labels!r}") from None
+
+
 @app.command("sample")
 def sample_command(
     model: str = typer.Option("gmm", help="'gmm' (the exact model), 'digits', or a checkpoint preset (see `dpms models`)"),
@@ -137,7 +147,7 @@ def sample_command(
 
     get_solver(solver)  # unknown solver: fail before loading anything
     options = _parse_options(option)
-    class_labels = [int(v) for v in labels.split(",")] if labels else None
+    class_labels = _parse_labels(labels)
     target = load_target(model, checkpoint, device, dtype, classifier, guidance_scale, verify_hash=not no_verify)
     summary = generate(
         target, solver, nfe, num, batch, seed, out, device=device, skip=skip, t_end=t_end,

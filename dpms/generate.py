@@ -78,6 +78,23 @@ def load_target(
                   uint8=loaded.preset.uint8)
 
 
+def _check_labels(target: Target, class_labels: list[int] | None) -> None:
+    """Given labels must be classes of the model (or of its guiding classifier): checked before any
+    sampling, since a bad index would otherwise surface as an embedding IndexError mid-run."""
+    if class_labels is None:
+        return
+    if target.num_classes is None:
+        raise DpmsError(f"model {target.name!r} is not class-conditional; drop --labels")
+    if not class_labels:
+        raise DpmsError("--labels is empty; give class indices such as 3,207,980, or omit it for random labels")
+    bad = [y for y in class_labels if not 0 <= y < target.num_classes]
+    if bad:
+        raise DpmsError(
+            f"label {bad[0]} is not a class of {target.name} ({target.num_classes} classes); "
+            f"use labels from 0 to {target.num_classes - 1}"
+        )
+
+
 def generate(
     target: Target,
     solver: str,
@@ -99,8 +116,7 @@ def generate(
     sampler.validate(solver, target.schedule, nfe=nfe, skip=skip, t_end=t_end, **options)  # fail before any work
     if num < 1 or batch < 1:
         raise DpmsError(f"--num and --batch must be positive, got {num} and {batch}")
-    if class_labels is not None and target.num_classes is None:
-        raise DpmsError(f"model {target.name!r} is not class-conditional; drop --labels")
+    _check_labels(target, class_labels)
     out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float64 if target.name == "gmm" else torch.float32
     chunks, label_chunks, nfe_used = [], [], []

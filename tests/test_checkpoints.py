@@ -883,6 +883,43 @@ def test_cli_download_of_a_browser_only_file_is_one_line(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ("50", "error: label 50 is not a class of guided-imagenet64 (10 classes); use labels from 0 to 9"),
+        ("3,-1", "error: label -1 is not a class of guided-imagenet64 (10 classes); use labels from 0 to 9"),
+        ("x", "error: --labels takes comma-separated class indices such as 3,207,980, got 'x'"),
+        ("3,,4", "error: --labels takes comma-separated class indices such as 3,207,980, got '3,,4'"),
+    ],
+)
+def test_cli_labels_are_checked_against_the_models_classes(tmp_path, monkeypatch, capsys, labels, message):
+    import functools
+
+    from dpms.cli import main
+    from dpms.models import checkpoints
+
+    tiny = {**TINY_ADM, "num_classes": 10}
+    model_file = _save(_network("guided-imagenet64", tiny).state_dict(), tmp_path / "m.pt")
+    monkeypatch.setattr(checkpoints, "load", functools.partial(checkpoints.load, config_override=tiny))
+    code = main(["sample", "--model", "guided-imagenet64", "--checkpoint", str(model_file), "--solver", "ddim", "--nfe", "2",
+                 "--num", "2", "--no-png", "--labels", labels, "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == message
+    assert not (tmp_path / "out" / "samples.npz").exists()
+
+
+def test_noise_fn_checks_labels():
+    model = _with_net("guided-imagenet128", TimeRecorder(6))
+    with pytest.raises(DpmsError, match=r"label 1000 is not a class of guided-imagenet128 \(1000 classes\); use labels from 0 to 999"):
+        model.noise_fn(y=torch.tensor([3, 1000]))
+    with pytest.raises(DpmsError, match="class labels y must be a 1-D integer tensor"):
+        model.noise_fn(y=torch.tensor([3.0, 4.0]))
+    uncond = _with_net("guided-imagenet256-uncond", TimeRecorder(6))
+    classifier = _network("guided-classifier256", TINY_CLASSIFIER)  # 10 classes
+    with pytest.raises(DpmsError, match=r"label 10 is not a class of the classifier \(10 classes\)"):
+        uncond.noise_fn(y=torch.tensor([10]), guidance_scale=1.0, classifier=classifier)
+
+
 def test_cli_guides_the_unconditional_imagenet_model_with_drawn_labels(tmp_path, monkeypatch):
     """`dpms sample --model guided-imagenet256-uncond --classifier ... --guidance-scale s`: the network gets
     no labels, the classifier gets labels drawn from its classes, guidance changes the samples."""

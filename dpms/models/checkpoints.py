@@ -325,6 +325,18 @@ def _network_time_scale(preset: Preset, schedule: NoiseSchedule) -> float:
     return preset.time_scale * schedule.N / table_steps
 
 
+def _check_labels(y: Tensor, classes: int | None, owner: str) -> None:
+    """Labels are one integer class index per sample; out-of-range ones would fail inside an embedding
+    (or silently pick a wrong logit) mid-sampling."""
+    if y.dim() != 1 or y.is_floating_point() or y.is_complex():
+        raise DpmsError(f"class labels y must be a 1-D integer tensor (one class index per sample), got {y.dtype} of shape {tuple(y.shape)}")
+    if classes is None or y.numel() == 0:
+        return
+    low, high = int(y.min()), int(y.max())  # one host sync per noise_fn, not per network call
+    if low < 0 or high >= classes:
+        raise DpmsError(f"label {low if low < 0 else high} is not a class of {owner} ({classes} classes); use labels from 0 to {classes - 1}")
+
+
 @dataclass
 class LoadedModel:
     """A network with its weights and everything needed to sample it.
@@ -374,6 +386,9 @@ class LoadedModel:
             raise DpmsError(f"{self.name} is class-conditional ({self.num_classes} classes); pass class labels y")
         if self.num_classes is None and y is not None and not guided:
             raise DpmsError(f"{self.name} is not class-conditional; drop the labels or add classifier guidance")
+        if y is not None:
+            classes = self.num_classes if self.num_classes is not None else getattr(classifier, "out_channels", None)
+            _check_labels(y, classes, self.name if self.num_classes is not None else "the classifier")
         return wrap_model(
             self.net,
             self.schedule,
