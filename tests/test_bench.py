@@ -288,7 +288,8 @@ def test_check_prints_non_finite_and_missing_values(capsys):
 
 def test_ci_guard_exact_model_matches_the_recorded_baseline(tmp_path, capsys):
     """Every solver's numbers on the exact model, against tests/data/bench_gmm_baseline.json: a change
-    in any solver's output (FD or error against the exact ODE solution) fails here."""
+    in any solver's output (FD or error against the exact ODE solution) fails here. The baseline is the
+    results.json of `dpms bench --config configs/gmm.yaml --num 256 --batch 100 --nfe 6,12,20 --out DIR`."""
     baseline = REPO / "tests" / "data" / "bench_gmm_baseline.json"
     code = main(["bench", "--config", str(REPO / "configs" / "gmm.yaml"), "--num", "256", "--batch", "100",
                  "--nfe", "6,12,20", "--out", str(tmp_path), "--check", str(baseline), "--rel-tol", "1e-6"])
