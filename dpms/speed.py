@@ -64,7 +64,7 @@ class SpeedReport:
     nfe: int  # network calls per sample, counted
     batch: int
     device: str
-    dtype: str
+    dtype: str  # what the network ran in: fp32/fp16/bf16 (autocast), fp64 for gmm's closed-form ε
     compile: bool
     channels_last: bool
     repeats: int
@@ -73,6 +73,7 @@ class SpeedReport:
     seconds_per_image: float
     images_per_second: float
     overhead: float  # loop / (nfe × forward); 1.0 is the floor
+    solver_dtype: str = "fp32"  # dtype of x and of the solver's arithmetic
     diffusers_scheduler: str | None = None
     diffusers_seconds: float | None = None
     vs_diffusers: float | None = None  # diffusers time / dpms time
@@ -290,6 +291,9 @@ def measure_speed(
     spec = sampler.get_solver(solver)
     if spec.adaptive or spec.stochastic:
         raise DpmsError(f"`dpms speed` times fixed-NFE ODE solvers; {solver} is {'adaptive' if spec.adaptive else 'stochastic'}")
+    if model == "gmm" and (dtype != "fp32" or compile or cuda_graphs or channels_last):
+        raise DpmsError("gmm is the closed-form ε of a Gaussian mixture, computed in float64, not a network: "
+                        "--dtype, --compile, --cuda-graphs and --channels-last do not apply to it")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DpmsError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
@@ -368,10 +372,11 @@ def measure_speed(
     vs_diffusers = (statistics.median(d / loop for d, loop in zip(timings["diffusers"], timings["dpms"]))
                     if "diffusers" in timings else None)
     report = SpeedReport(
-        model=model, solver=solver, nfe=nfe_used, batch=batch, device=str(dev), dtype=dtype, compile=compile or cuda_graphs,
-        channels_last=channels_last, repeats=repeats, forward_seconds=median["forward"], loop_seconds=median["dpms"],
+        model=model, solver=solver, nfe=nfe_used, batch=batch, device=str(dev), dtype=dtype if loaded is not None else "fp64",
+        compile=compile or cuda_graphs, channels_last=channels_last, repeats=repeats,
+        forward_seconds=median["forward"], loop_seconds=median["dpms"],
         seconds_per_image=median["dpms"] / batch, images_per_second=batch / median["dpms"],
-        overhead=overhead,
+        overhead=overhead, solver_dtype={torch.float64: "fp64", torch.float32: "fp32"}[x_dtype],
         diffusers_scheduler=scheduler_name,
         diffusers_seconds=median.get("diffusers"),
         vs_diffusers=vs_diffusers,
@@ -390,8 +395,9 @@ def measure_speed(
 def format_report(r: SpeedReport) -> list[str]:
     """Human-readable lines of a report."""
     mib = lambda b: f"{b / 2**20:.1f} MiB" if b is not None else "—"  # noqa: E731
+    precision = f"network {r.dtype}, solver {r.solver_dtype}" if r.dtype != r.solver_dtype else r.dtype
     lines = [
-        f"{r.model} · {r.solver} · NFE {r.nfe} · batch {r.batch} · {r.device} {r.dtype}"
+        f"{r.model} · {r.solver} · NFE {r.nfe} · batch {r.batch} · {r.device} {precision}"
         + (" · compiled" if r.compile else "") + (" · channels_last" if r.channels_last else ""),
         f"forward {r.forward_seconds * 1e3:.2f} ms · loop {r.loop_seconds * 1e3:.2f} ms · "
         f"overhead {r.overhead:.3f} (loop / (NFE × forward)) · {r.images_per_second:.1f} images/s · "

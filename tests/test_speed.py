@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import dpms
 from dpms.cli import main
 from dpms.models import GaussianMixture
-from dpms.speed import DIFFUSERS_EQUIVALENT, AllocationTracker, measure_speed, peak_bytes
+from dpms.speed import DIFFUSERS_EQUIVALENT, AllocationTracker, format_report, measure_speed, peak_bytes
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +229,13 @@ def test_solver_state_is_a_few_copies_of_the_batch_and_does_not_grow_with_nfe(gm
     assert 1 <= few <= copies + 0.01 and many <= copies + 0.01
 
 
+def test_reported_precision_is_what_ran():
+    r = measure_speed("gmm", "ddim", 2, batch=4, repeats=1, diffusers=False, memory=False)
+    assert (r.dtype, r.solver_dtype) == ("fp64", "fp64") and "cpu fp64" in format_report(r)[0]
+    r = measure_speed("digits", "ddim", 2, batch=2, repeats=1, dtype="bf16", random_weights=True, diffusers=False, memory=False)
+    assert (r.dtype, r.solver_dtype) == ("bf16", "fp32") and "network bf16, solver fp32" in format_report(r)[0]
+
+
 def test_allocation_tracker_counts_live_tensors_and_their_release():
     with AllocationTracker() as tracker:
         a = torch.ones(1000)  # 4000 bytes
@@ -264,6 +271,10 @@ def test_cli_prints_and_writes_the_report(tmp_path, capsys):
         (["--batch", "lots"], "--batch takes a positive integer or 'auto'"),
         (["--dtype", "fp8"], "unknown --dtype 'fp8'"),
         (["--model", "gmm", "--device", "cuda:0"], "CUDA is not available"),
+        (["--dtype", "bf16"], "gmm is the closed-form ε of a Gaussian mixture, computed in float64, not a network"),
+        (["--compile"], "--dtype, --compile, --cuda-graphs and --channels-last do not apply"),
+        (["--cuda-graphs"], "--dtype, --compile, --cuda-graphs and --channels-last do not apply"),
+        (["--channels-last"], "--dtype, --compile, --cuda-graphs and --channels-last do not apply"),
     ],
 )
 def test_bad_input_is_one_line(args, message, capsys):
