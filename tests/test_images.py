@@ -82,6 +82,43 @@ def test_generate_writes_the_targets_convention_and_pngs_equal_the_npz(tmp_path)
     assert set(np.unique(diff)) == {0, 1}  # same samples, quantised both ways
 
 
+def test_npz_is_readable_by_the_adm_evaluator(tmp_path):
+    """guided-diffusion's evaluations/evaluator.py reads `arr_0` (N×H×W×C uint8) and, for labelled batches, `arr_1`."""
+    import dataclasses
+
+    from dpms.generate import generate
+
+    target = dataclasses.replace(_image_target("floor"), num_classes=10)
+    generate(target, "ddim", 3, 5, 2, 0, tmp_path, class_labels=[7, 2], console=None)
+    npz = np.load(tmp_path / "samples.npz")
+    assert sorted(npz.files) == ["arr_0", "arr_1", "labels", "samples"]
+    assert npz["arr_0"].dtype == np.uint8 and npz["arr_0"].shape == (5, 8, 8, 3)
+    assert np.array_equal(npz["arr_0"], npz["samples"])
+    assert npz["arr_1"].tolist() == npz["labels"].tolist() == [7, 2, 7, 2, 7]
+
+
+def test_samples_stream_into_one_preallocated_uint8_array(tmp_path, monkeypatch):
+    """No float copy and no concatenation of all samples: the .npz is written from views of one uint8
+    buffer, and an interrupted run saves the batches it finished."""
+    from dpms import generate as generate_module
+
+    saved, real_save_pngs = {}, generate_module.save_pngs
+
+    def save_pngs_then_interrupt(images, folder, first):
+        if first > 0:
+            raise KeyboardInterrupt
+        real_save_pngs(images, folder, first)
+
+    monkeypatch.setattr(generate_module, "save_pngs", save_pngs_then_interrupt)
+    monkeypatch.setattr(generate_module, "atomic_save_npz", lambda path, **arrays: saved.update(arrays))
+    summary = generate_module.generate(_image_target("round"), "ddim", 3, 12, 4, 0, tmp_path, console=None)
+    assert summary["num"] == 4
+    samples = saved["samples"]
+    assert samples is saved["arr_0"] and samples.dtype == np.uint8 and samples.shape == (4, 8, 8, 3)
+    assert samples.base is not None and samples.base.shape == (12, 8, 8, 3)  # a view of the run's buffer
+    assert np.array_equal(_pngs(tmp_path / "images"), samples)
+
+
 def test_unknown_convention_is_one_line():
     with pytest.raises(DpmsError, match="unknown uint8 convention 'nearest'; use one of floor, round"):
         to_uint8(_samples(), "nearest")
