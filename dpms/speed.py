@@ -1,28 +1,33 @@
 """`dpms speed`: what a sample costs, measured against its floor and against diffusers.
 
 The floor of an ODE sampler is NFE × (one network forward pass at that batch): everything else the
-loop does (grid, coefficients, the linear combinations of the updates) is overhead. `measure_speed`
-times, in one run and interleaved so that both see the same machine state,
+loop does (grid, coefficients, the linear combinations of the updates, and dpms's model wrapper) is
+overhead. `measure_speed` times, in one run and interleaved so that all see the same machine state,
 
-* one forward pass of the wrapped network at the batch (`forward_seconds`, median of `repeats`),
-* the whole dpms sampling loop (`loop_seconds`: `dpms.sample`, grid construction included),
-* the same network driven by the diffusers scheduler that implements the same solver at the same NFE
-  (`diffusers_seconds`; DDIMScheduler, DPMSolverSinglestepScheduler, DPMSolverMultistepScheduler,
-  PNDMScheduler), when diffusers is installed,
+* one bare forward pass `net(x, t_in)` at the batch, with the preset's time input t_in (and labels,
+  autocast), without dpms's model wrapper (`forward_seconds`, the floor; median of `repeats`),
+* the whole dpms sampling loop (`loop_seconds`: `dpms.sample` on dpms's wrapped noise predictor, grid
+  construction included: the wrapper is part of what dpms costs),
+* the same bare network driven by the diffusers scheduler that implements the same solver at the same
+  NFE (`diffusers_seconds`; DDIMScheduler, DPMSolverSinglestepScheduler, DPMSolverMultistepScheduler,
+  PNDMScheduler), fed diffusers' timestep as the network's time input, when diffusers is installed,
+* both loops again with a null network that returns a precomputed prediction (`null_loop_ms_dpms`,
+  `null_loop_ms_diffusers`, milliseconds per loop): the solver's own cost, without the network's noise,
 
 and reports overhead = loop / (NFE × forward) and vs_diffusers = diffusers / dpms (> 1: dpms faster), each
-the median over the repeats of that repeat's ratio.
+the median over the repeats of that repeat's ratio; vs_diffusers_null is the same ratio of the null loops.
 Peak memory of the loop is reported next to the peak of one forward pass: the difference, in units
 of the batch's size, is what the solver keeps alive (its O(order) history).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import warnings
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -68,15 +73,18 @@ class SpeedReport:
     compile: bool
     channels_last: bool
     repeats: int
-    forward_seconds: float  # median, one forward pass at `batch`
-    loop_seconds: float  # median, one whole dpms sampling loop at `batch`
+    forward_seconds: float  # median, one bare network call net(x, t_in) at `batch` (no dpms wrapper): the floor
+    loop_seconds: float  # median, one whole dpms sampling loop at `batch` (dpms's wrapper included)
     seconds_per_image: float
     images_per_second: float
     overhead: float  # loop / (nfe × forward); 1.0 is the floor
     solver_dtype: str = "fp32"  # dtype of x and of the solver's arithmetic
     diffusers_scheduler: str | None = None
-    diffusers_seconds: float | None = None
+    diffusers_seconds: float | None = None  # median, diffusers' scheduler driving the bare network
     vs_diffusers: float | None = None  # diffusers time / dpms time
+    null_loop_ms_dpms: float | None = None  # median ms per dpms loop with a network returning a precomputed tensor
+    null_loop_ms_diffusers: float | None = None  # the same for diffusers' scheduler
+    vs_diffusers_null: float | None = None  # null_loop_ms_diffusers / null_loop_ms_dpms (median of per-repeat ratios)
     peak_forward_bytes: int | None = None  # memory allocated by one forward pass at `batch`
     peak_loop_bytes: int | None = None  # memory allocated during the whole sampling loop
     batch_bytes: int = 0  # one copy of the batch
@@ -174,13 +182,19 @@ def diffusers_options(solver: str, nfe: int):
     return name, options, steps_for
 
 
-def _diffusers_loop(solver: str, schedule, noise_fn, nfe: int, device: torch.device):
-    """A function x_T -> x_0 running diffusers' scheduler for `solver` with `noise_fn` as the network.
+def _diffusers_loop(solver: str, schedule, network, nfe: int, device: torch.device, time_input_of=None):
+    """A function x_T -> x_0 running diffusers' scheduler for `solver`, calling `network(x, t_in)`.
 
     The scheduler gets the schedule's own ᾱ table (for continuous schedules, its values at
-    t_n = (n+1)/1000); diffusers' step index n is handed to `noise_fn` as t_n = (n+1)/N, which the
-    discrete time map turns back into n — so both loops call the very same network the same way.
+    t_n = (n+1)/1000). Its step index n reaches the network as t_in = time_input_of(t_n), t_n = (n+1)/N:
+    with the presets' time inputs (`model_wrapper.time_input`) that is n itself for the DDPM-style
+    networks (time map 'discrete', scale 1000), as a diffusers pipeline hands its UNet the timestep, and
+    999·t_n for score_sde's; without time_input_of the network gets t_n (a noise_fn, the GMM). The inputs
+    of a run's timesteps are computed once per run, after set_timesteps, as a pipeline would. A network
+    output in another dtype than x (autocast) is cast to x's dtype, so that the scheduler's state keeps
+    the precision of dpms's (diffusers would otherwise cast its sample to the model output's dtype).
     """
+    time_input_of = time_input_of or (lambda t: t)
     import diffusers
 
     name, options, steps_for = diffusers_options(solver, nfe)
@@ -197,9 +211,11 @@ def _diffusers_loop(solver: str, schedule, noise_fn, nfe: int, device: torch.dev
 
     def run(x: Tensor) -> Tensor:
         scheduler.set_timesteps(steps, device=device)
-        for n in scheduler.timesteps:
-            t = ((n.to(torch.float64) + 1) / N).to(x.dtype).expand(x.shape[0])
-            x = scheduler.step(noise_fn(x, t), n, x).prev_sample
+        timesteps = scheduler.timesteps
+        t_in = time_input_of(((timesteps.to(torch.float64) + 1) / N).to(x.dtype))
+        for n, t_in_n in zip(timesteps, t_in):
+            out = network(x, t_in_n.expand(x.shape[0]))
+            x = scheduler.step(out if out.dtype == x.dtype else out.to(x.dtype), n, x).prev_sample
         return x
 
     def count_calls() -> int:
@@ -210,8 +226,27 @@ def _diffusers_loop(solver: str, schedule, noise_fn, nfe: int, device: torch.dev
 
 
 # ------------------------------------------------------------------------------------- targets
-def speed_target(model: str, checkpoint: str | None, device: str, random_weights: bool, seed: int = 0):
-    """(noise_fn factory, schedule, sample shape, network or None) for `gmm`, `digits` or any preset.
+@dataclass
+class SpeedTarget:
+    """What `dpms speed` times.
+
+    noise_fn(autocast, batch, net=None): dpms's wrapped noise predictor ε(x, t) (the preset's labels,
+    time map, learned-σ split, autocast), around `net` if given (a stand-in with the network's signature);
+    network(autocast, batch): the bare call (x, t_in) -> ε with the same labels and autocast, nothing else
+    (for learned-σ networks the ε channels, a view); time_input(t): the network's time input at times t.
+    For `gmm` all three are the closed-form ε itself and the identity.
+    """
+
+    schedule: NoiseSchedule
+    shape: tuple[int, ...]
+    loaded: object | None  # dpms.models.checkpoints.LoadedModel, None for gmm
+    noise_fn: object
+    network: object
+    time_input: object
+
+
+def speed_target(model: str, checkpoint: str | None, device: str, random_weights: bool, seed: int = 0) -> SpeedTarget:
+    """The `SpeedTarget` of `gmm`, `digits` or any preset.
 
     `random_weights` builds the preset's network with its published configuration and random weights
     (timing does not depend on the weights), so real architectures are measured without their files.
@@ -220,7 +255,8 @@ def speed_target(model: str, checkpoint: str | None, device: str, random_weights
         from .models import GaussianMixture
 
         gmm = GaussianMixture.default()
-        return (lambda autocast=None: gmm), gmm.schedule, (gmm.dim,), None
+        return SpeedTarget(gmm.schedule, (gmm.dim,), None, noise_fn=lambda autocast=None, batch=1, net=None: net or gmm,
+                           network=lambda autocast=None, batch=1: gmm, time_input=lambda t: t)
     from .models import build, checkpoints
     from .models.checkpoints import LoadedModel, image_shape_of
 
@@ -236,16 +272,34 @@ def speed_target(model: str, checkpoint: str | None, device: str, random_weights
                              classifier_preset=preset.classifier)
     else:
         loaded = checkpoints.load(model, checkpoint=checkpoint, device=device)
-    if loaded.num_classes:
-        labels_fixed = torch.arange(loaded.num_classes, device=device)
+    from .model_wrapper import time_input
 
-        def make(autocast=None, batch=1):
-            y = labels_fixed[torch.arange(batch, device=device) % loaded.num_classes]
-            return loaded.noise_fn(y=y, autocast_dtype=autocast)
-    else:
-        def make(autocast=None, batch=1):
-            return loaded.noise_fn(autocast_dtype=autocast)
-    return make, loaded.schedule, tuple(loaded.image_shape), loaded
+    def labels(batch: int) -> Tensor | None:
+        if not loaded.num_classes:
+            return None
+        return torch.arange(batch, device=device) % loaded.num_classes
+
+    def make(autocast=None, batch=1, net=None):
+        target = loaded if net is None else replace(loaded, net=net, _unguided=None)
+        return target.noise_fn(y=labels(batch), autocast_dtype=autocast)
+
+    def network(autocast=None, batch=1):
+        net, y, channels = loaded.net, labels(batch), loaded.image_shape[0]
+        kwargs = {} if y is None else {"y": y}
+        learned_sigma = loaded.preset.learned_sigma
+
+        def bare(x: Tensor, t_in: Tensor) -> Tensor:
+            if autocast is None:
+                out = net(x, t_in, **kwargs)
+            else:
+                with torch.autocast(device_type=x.device.type, dtype=autocast):
+                    out = net(x, t_in, **kwargs)
+            return out[:, :channels] if learned_sigma else out
+
+        return bare
+
+    return SpeedTarget(loaded.schedule, tuple(loaded.image_shape), loaded, noise_fn=make, network=network,
+                       time_input=lambda t: time_input(loaded.schedule, t, loaded.preset.time_map, loaded.time_scale))
 
 
 def auto_batch(forward_at, device: torch.device, start: int = 16, limit: int = 8192) -> int:
@@ -297,7 +351,8 @@ def measure_speed(
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DpmsError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    make, schedule, shape, loaded = speed_target(model, checkpoint, device, random_weights)
+    target = speed_target(model, checkpoint, device, random_weights)
+    schedule, shape, loaded = target.schedule, target.shape, target.loaded
     sampler.validate(solver, schedule, nfe=nfe)  # impossible NFE: one line, before any work
     x_dtype = torch.float64 if model == "gmm" else torch.float32
     if loaded is not None:
@@ -305,42 +360,54 @@ def measure_speed(
             loaded.net.to(memory_format=torch.channels_last)
         if compile or cuda_graphs:
             loaded.net = torch.compile(loaded.net, mode="reduce-overhead" if cuda_graphs else None)
-    autocast = DTYPES[dtype]
+    autocast = DTYPES[dtype] if loaded is not None else None
     memory_format = torch.channels_last if channels_last and len(shape) == 3 else torch.contiguous_format
 
     def inputs(b: int) -> Tensor:
         g = torch.Generator().manual_seed(0)
         return torch.randn((b, *shape), generator=g, dtype=x_dtype).to(dev).contiguous(memory_format=memory_format)
 
+    def mid_time_input(b: int) -> Tensor:
+        return target.time_input(torch.full((b,), 0.5, dtype=x_dtype, device=dev))
+
     def forward_at(b: int):
-        fn = make(autocast, b) if loaded is not None else make()
         with torch.inference_mode():
-            return fn(inputs(b), torch.full((b,), 0.5, dtype=x_dtype, device=dev))
+            return target.network(autocast, b)(inputs(b), mid_time_input(b))
 
     if batch == "auto":
         batch = auto_batch(forward_at, dev)
     batch = int(batch)
     if batch < 1:
         raise DpmsError(f"--batch must be positive or 'auto', got {batch}")
-    noise_fn = make(autocast, batch) if loaded is not None else make()
+    noise_fn = target.noise_fn(autocast, batch)  # dpms's wrapper: part of what dpms costs
+    network = target.network(autocast, batch)  # the bare call: the floor, and what diffusers drives
     x_T = inputs(batch)
-    t_mid = torch.full((batch,), 0.5, dtype=x_dtype, device=dev)
+    t_in_mid = mid_time_input(batch)
+    with torch.inference_mode():  # the null network's answer: a precomputed prediction in x's dtype
+        eps_null = network(x_T, t_in_mid).to(x_dtype)
 
     def forward():
         with torch.inference_mode():
-            noise_fn(x_T, t_mid)
+            network(x_T, t_in_mid)
 
     info = {}
 
     def loop():
         _, info["sample"] = sampler.sample(noise_fn, schedule, x_T, solver=solver, nfe=nfe, return_info=True)
 
-    runners = {"forward": forward, "dpms": loop}
+    null_network = lambda x, t, **kwargs: eps_null  # noqa: E731
+    null_noise_fn = target.noise_fn(autocast, batch, net=null_network)  # the same wrapper around it
+
+    def null_loop():
+        sampler.sample(null_noise_fn, schedule, x_T, solver=solver, nfe=nfe)
+
+    runners = {"forward": forward, "dpms": loop, "null_dpms": null_loop}
     scheduler_name = None
     note = []
     if diffusers and solver in DIFFUSERS_EQUIVALENT:
         try:
-            run, scheduler_name, count_calls = _diffusers_loop(solver, schedule, noise_fn, nfe, dev)
+            run, scheduler_name, count_calls = _diffusers_loop(solver, schedule, network, nfe, dev, target.time_input)
+            run_null, _, _ = _diffusers_loop(solver, schedule, null_network, nfe, dev, target.time_input)
         except ImportError:
             note.append("diffusers is not installed: vs_diffusers not measured")
         except DpmsError as e:
@@ -353,24 +420,35 @@ def measure_speed(
                 with torch.inference_mode():
                     run(x_T)
 
+            def diffusers_null():
+                with torch.inference_mode():
+                    run_null(x_T)
+
             runners["diffusers"] = diffusers_run
+            runners["null_diffusers"] = diffusers_null
     elif diffusers:
         note.append(f"diffusers has no scheduler for {solver}: vs_diffusers not measured")
-    timings = {name: [] for name in runners}
-    for name, fn in runners.items():  # warm-up (and compilation)
+    for fn in runners.values():  # warm-up (and compilation)
         fn()
+    # A null loop takes a millisecond or so: each of its timings is the mean over enough back-to-back runs
+    # to last ≥ 20 ms, so that timer resolution and single hiccups do not decide the ratio.
+    inner = {name: 1 for name in runners}
+    for name in ("null_dpms", "null_diffusers"):
+        if name in runners:
+            inner[name] = max(1, min(1000, math.ceil(0.02 / max(_timed(runners[name], dev), 1e-6))))
+    timings = {name: [] for name in runners}
     for i in range(repeats):
         for name, fn in runners.items():  # interleaved: every runner sees the same machine state
-            timings[name].append(_timed(fn, dev))
+            k = inner[name]
+            timings[name].append(_timed(fn if k == 1 else lambda: [fn() for _ in range(k)], dev) / k)
         if progress is not None:
             progress(i + 1, repeats)
     median = {name: statistics.median(values) for name, values in timings.items()}
     nfe_used = info["sample"].nfe
     # Ratios are medians of per-repeat ratios: the runs of one repeat are back to back, so they share the
     # machine's state, and the ratio cancels the drift that moves every median by several percent.
+    ratio = lambda a, b: statistics.median(x / y for x, y in zip(timings[a], timings[b])) if a in timings else None  # noqa: E731
     overhead = statistics.median(loop / (nfe_used * fwd) for loop, fwd in zip(timings["dpms"], timings["forward"]))
-    vs_diffusers = (statistics.median(d / loop for d, loop in zip(timings["diffusers"], timings["dpms"]))
-                    if "diffusers" in timings else None)
     report = SpeedReport(
         model=model, solver=solver, nfe=nfe_used, batch=batch, device=str(dev), dtype=dtype if loaded is not None else "fp64",
         compile=compile or cuda_graphs, channels_last=channels_last, repeats=repeats,
@@ -379,7 +457,10 @@ def measure_speed(
         overhead=overhead, solver_dtype={torch.float64: "fp64", torch.float32: "fp32"}[x_dtype],
         diffusers_scheduler=scheduler_name,
         diffusers_seconds=median.get("diffusers"),
-        vs_diffusers=vs_diffusers,
+        vs_diffusers=ratio("diffusers", "dpms"),
+        null_loop_ms_dpms=1e3 * median["null_dpms"],
+        null_loop_ms_diffusers=1e3 * median["null_diffusers"] if "null_diffusers" in median else None,
+        vs_diffusers_null=ratio("null_diffusers", "null_dpms"),
         batch_bytes=x_T.numel() * x_T.element_size(),
         fid50k_seconds_estimate=50_000 * median["dpms"] / batch,
         note="; ".join(note),
@@ -399,12 +480,15 @@ def format_report(r: SpeedReport) -> list[str]:
     lines = [
         f"{r.model} · {r.solver} · NFE {r.nfe} · batch {r.batch} · {r.device} {precision}"
         + (" · compiled" if r.compile else "") + (" · channels_last" if r.channels_last else ""),
-        f"forward {r.forward_seconds * 1e3:.2f} ms · loop {r.loop_seconds * 1e3:.2f} ms · "
-        f"overhead {r.overhead:.3f} (loop / (NFE × forward)) · {r.images_per_second:.1f} images/s · "
+        f"bare forward {r.forward_seconds * 1e3:.2f} ms · dpms loop {r.loop_seconds * 1e3:.2f} ms · "
+        f"overhead {r.overhead:.3f} (loop / (NFE × bare forward)) · {r.images_per_second:.1f} images/s · "
         f"{r.seconds_per_image * 1e3:.3f} ms/image · 50k samples ≈ {r.fid50k_seconds_estimate / 60:.1f} min",
+        f"solver alone (null network): dpms {r.null_loop_ms_dpms:.3f} ms/loop"
+        + (f", diffusers {r.null_loop_ms_diffusers:.3f} ms/loop → {r.vs_diffusers_null:.2f}×" if r.null_loop_ms_diffusers is not None else ""),
     ]
     if r.vs_diffusers is not None:
-        lines.append(f"diffusers {r.diffusers_scheduler}: {r.diffusers_seconds * 1e3:.2f} ms → vs_diffusers {r.vs_diffusers:.3f} (> 1: dpms faster)")
+        lines.append(f"diffusers {r.diffusers_scheduler} on the bare network: {r.diffusers_seconds * 1e3:.2f} ms → "
+                     f"vs_diffusers {r.vs_diffusers:.3f} (> 1: dpms faster)")
     if r.peak_loop_bytes is not None:
         lines.append(f"peak memory: forward {mib(r.peak_forward_bytes)}, sampling loop {mib(r.peak_loop_bytes)}; "
                      f"solver state {r.solver_state_batches:.1f} × the batch ({mib(r.batch_bytes)})")

@@ -229,13 +229,6 @@ def test_solver_state_is_a_few_copies_of_the_batch_and_does_not_grow_with_nfe(gm
     assert 1 <= few <= copies + 0.01 and many <= copies + 0.01
 
 
-def test_reported_precision_is_what_ran():
-    r = measure_speed("gmm", "ddim", 2, batch=4, repeats=1, diffusers=False, memory=False)
-    assert (r.dtype, r.solver_dtype) == ("fp64", "fp64") and "cpu fp64" in format_report(r)[0]
-    r = measure_speed("digits", "ddim", 2, batch=2, repeats=1, dtype="bf16", random_weights=True, diffusers=False, memory=False)
-    assert (r.dtype, r.solver_dtype) == ("bf16", "fp32") and "network bf16, solver fp32" in format_report(r)[0]
-
-
 def test_allocation_tracker_counts_live_tensors_and_their_release():
     with AllocationTracker() as tracker:
         a = torch.ones(1000)  # 4000 bytes
@@ -250,6 +243,66 @@ def test_allocation_tracker_counts_live_tensors_and_their_release():
 def test_random_weight_instance_of_a_real_architecture():
     r = measure_speed("cifar10-ddpm", "ddim", 1, batch=1, repeats=1, random_weights=True, diffusers=False, memory=False)
     assert r.nfe == 1 and r.forward_seconds > 0 and r.images_per_second > 0
+
+
+def _counting_speed_target(monkeypatch):
+    """Patch dpms.speed.speed_target so that the test sees every call of the real network and of
+    dpms's wrapper around it (calls of the wrapper around the null network are counted apart)."""
+    import dpms.models.checkpoints as checkpoints
+    import dpms.speed as speed
+
+    calls = {"wrapper": 0, "null wrapper": 0, "net": 0, "net time inputs": []}
+    real_wrap, real_target = checkpoints.wrap_model, speed.speed_target
+
+    def wrap_model(net, *args, **kwargs):
+        inner = real_wrap(net, *args, **kwargs)
+        key = "wrapper" if isinstance(net, torch.nn.Module) else "null wrapper"
+
+        def counted(x, t):
+            calls[key] += 1
+            return inner(x, t)
+
+        counted.thresholding = inner.thresholding
+        return counted
+
+    def speed_target(*args, **kwargs):
+        target = real_target(*args, **kwargs)
+
+        def hook(module, inputs):
+            calls["net"] += 1
+            calls["net time inputs"].append(inputs[1].clone())
+
+        target.loaded.net.register_forward_pre_hook(hook)
+        return target
+
+    monkeypatch.setattr(checkpoints, "wrap_model", wrap_model)
+    monkeypatch.setattr(speed, "speed_target", speed_target)
+    return calls
+
+
+def test_floor_and_diffusers_call_the_bare_network_and_only_dpms_uses_its_wrapper(monkeypatch):
+    calls = _counting_speed_target(monkeypatch)
+    nfe, repeats = 4, 2
+    r = measure_speed("digits", "ddim", nfe, batch=2, repeats=repeats, random_weights=True, memory=False)
+    runs = 1 + repeats  # warm-up and the timed repeats
+    assert calls["wrapper"] == runs * nfe  # the dpms loops, and nothing else
+    # the floor: one bare call per run (plus the null network's precomputed answer); diffusers: nfe per run
+    assert calls["net"] == runs * nfe + runs + 1 + runs * nfe
+    assert calls["null wrapper"] > 0  # the null loops go through dpms's wrapper, around the null network
+    # diffusers hands the network its integer timestep as the time input (DDIM at 4 steps: 750, 500, 250, 0)
+    diffusers_inputs = [t for t in calls["net time inputs"] if torch.allclose(t, t.round(), atol=1e-3)]
+    assert {round(float(t[0])) for t in diffusers_inputs} >= {750, 500, 250, 0}
+    assert r.null_loop_ms_dpms > 0 and r.null_loop_ms_diffusers > 0
+    nulls = zip(r.samples["null_diffusers"], r.samples["null_dpms"])
+    assert r.vs_diffusers_null == pytest.approx(statistics.median(d / a for d, a in nulls))
+    assert len(r.samples["null_dpms"]) == repeats
+
+
+def test_reported_precision_is_what_ran():
+    r = measure_speed("gmm", "ddim", 2, batch=4, repeats=1, diffusers=False, memory=False)
+    assert (r.dtype, r.solver_dtype) == ("fp64", "fp64") and "cpu fp64" in format_report(r)[0]
+    r = measure_speed("digits", "ddim", 2, batch=2, repeats=1, dtype="bf16", random_weights=True, diffusers=False, memory=False)
+    assert (r.dtype, r.solver_dtype) == ("bf16", "fp32") and "network bf16, solver fp32" in format_report(r)[0]
 
 
 def test_cli_prints_and_writes_the_report(tmp_path, capsys):
