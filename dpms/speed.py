@@ -18,6 +18,11 @@ and reports overhead = loop / (NFE × forward) and vs_diffusers = diffusers / dp
 the median over the repeats of that repeat's ratio; vs_diffusers_null is the same ratio of the null loops.
 Peak memory of the loop is reported next to the peak of one forward pass: the difference, in units
 of the batch's size, is what the solver keeps alive (its O(order) history).
+
+A 50k-sample FID run costs the sampling (`sampling_50k_seconds`) plus the feature extraction
+(`features_50k_seconds`: images quantised to 8 bits as `dpms bench` does, then the FID network — pytorch-fid's
+InceptionV3 with random weights, which cost the same as the real ones, resizing to 299×299 — or the digits
+feature network for `digits`, or none for `gmm`), timed at `feature_batch`; `fid50k_seconds` is their sum.
 """
 
 from __future__ import annotations
@@ -90,7 +95,11 @@ class SpeedReport:
     batch_bytes: int = 0  # one copy of the batch
     solver_state_batches: float | None = None  # (peak_loop − peak_forward) / batch_bytes
     memory_method: str = ""
-    fid50k_seconds_estimate: float | None = None  # 50,000 × seconds_per_image
+    sampling_50k_seconds: float | None = None  # 50,000 × seconds_per_image
+    feature_network: str | None = None  # what the FID's features are computed with
+    feature_batch: int | None = None  # the batch the feature extraction was timed at
+    features_50k_seconds: float | None = None  # 50,000 images: 8-bit quantisation + feature network
+    fid50k_seconds: float | None = None  # sampling_50k_seconds + features_50k_seconds
     note: str = ""
     samples: dict = field(default_factory=dict)  # every timing, seconds
 
@@ -319,6 +328,55 @@ def auto_batch(forward_at, device: torch.device, start: int = 16, limit: int = 8
     return best
 
 
+# ------------------------------------------------------------------------------------- FID features
+FEATURE_BATCH_LIMIT = {"cpu": 50, "cuda": 500}  # pytorch-fid's default batch is 50
+
+
+def feature_extractor(model: str, device: torch.device):
+    """(description, images in [−1, 1] -> features) of the FID pipeline of `model`, with random weights
+    (the cost of the trained ones) so that nothing is read or downloaded.
+
+    Image models: 8-bit quantisation exactly as `dpms bench` does (`dpms.images.to_uint8`, then the
+    extractor's `from_uint8`), then pytorch-fid's InceptionV3 up to pool3, which resizes to 299×299;
+    `digits`: the same quantisation, then the digits feature network; `gmm`: the samples themselves.
+    """
+    from .evaluation import IdentityFeatures, ModuleFeatures
+    from .images import to_uint8
+
+    if model == "gmm":
+        return "the samples themselves (FD in data space)", IdentityFeatures(device=device)
+    if model == "digits":
+        from .digits import FEATURES_NAME, DigitsClassifier
+
+        extractor = ModuleFeatures(DigitsClassifier().features.to(device), name=FEATURES_NAME)
+        description = "digits feature network (random weights), 8-bit images"
+    else:
+        from .evaluation.inception import InceptionFeatures, InceptionPool3, build_fid_inception
+
+        extractor = object.__new__(InceptionFeatures)  # InceptionFeatures without its weight file
+        extractor.device = device
+        extractor.network = InceptionPool3(build_fid_inception()).to(device).eval().requires_grad_(False)
+        description = "pytorch-fid InceptionV3 pool3 (random weights), 8-bit images resized to 299×299"
+    return description, lambda x: extractor.from_uint8(to_uint8(x))
+
+
+def feature_cost(model: str, shape: tuple[int, ...], device: torch.device, batch: int, repeats: int) -> dict:
+    """Seconds the FID feature extraction of 50,000 samples takes: `feature_extractor` timed at
+    min(batch, FEATURE_BATCH_LIMIT) in fp32 (pytorch-fid's precision), median of min(repeats, 3) runs."""
+    description, extract = feature_extractor(model, device)
+    feature_batch = min(batch, FEATURE_BATCH_LIMIT.get(device.type, FEATURE_BATCH_LIMIT["cuda"]))
+    images = torch.rand((feature_batch, *shape), generator=torch.Generator().manual_seed(0)).mul(2).sub(1).to(device)
+
+    def run():
+        with torch.inference_mode():
+            extract(images)
+
+    run()  # warm-up
+    samples = [_timed(run, device) for _ in range(min(repeats, 3))]
+    return {"network": description, "batch": feature_batch, "samples": samples,
+            "seconds_50k": 50_000 * statistics.median(samples) / feature_batch}
+
+
 # ------------------------------------------------------------------------------------- main
 def measure_speed(
     model: str = "digits",
@@ -449,6 +507,8 @@ def measure_speed(
     # machine's state, and the ratio cancels the drift that moves every median by several percent.
     ratio = lambda a, b: statistics.median(x / y for x, y in zip(timings[a], timings[b])) if a in timings else None  # noqa: E731
     overhead = statistics.median(loop / (nfe_used * fwd) for loop, fwd in zip(timings["dpms"], timings["forward"]))
+    sampling_50k = 50_000 * median["dpms"] / batch
+    features = feature_cost(model, shape, dev, batch, repeats)
     report = SpeedReport(
         model=model, solver=solver, nfe=nfe_used, batch=batch, device=str(dev), dtype=dtype if loaded is not None else "fp64",
         compile=compile or cuda_graphs, channels_last=channels_last, repeats=repeats,
@@ -462,9 +522,11 @@ def measure_speed(
         null_loop_ms_diffusers=1e3 * median["null_diffusers"] if "null_diffusers" in median else None,
         vs_diffusers_null=ratio("null_diffusers", "null_dpms"),
         batch_bytes=x_T.numel() * x_T.element_size(),
-        fid50k_seconds_estimate=50_000 * median["dpms"] / batch,
+        sampling_50k_seconds=sampling_50k,
+        feature_network=features["network"], feature_batch=features["batch"],
+        features_50k_seconds=features["seconds_50k"], fid50k_seconds=sampling_50k + features["seconds_50k"],
         note="; ".join(note),
-        samples=timings,
+        samples={**timings, "features": features["samples"]},
     )
     if memory:
         report.peak_forward_bytes, report.memory_method = peak_bytes(forward, dev)
@@ -482,13 +544,15 @@ def format_report(r: SpeedReport) -> list[str]:
         + (" · compiled" if r.compile else "") + (" · channels_last" if r.channels_last else ""),
         f"bare forward {r.forward_seconds * 1e3:.2f} ms · dpms loop {r.loop_seconds * 1e3:.2f} ms · "
         f"overhead {r.overhead:.3f} (loop / (NFE × bare forward)) · {r.images_per_second:.1f} images/s · "
-        f"{r.seconds_per_image * 1e3:.3f} ms/image · 50k samples ≈ {r.fid50k_seconds_estimate / 60:.1f} min",
+        f"{r.seconds_per_image * 1e3:.3f} ms/image",
         f"solver alone (null network): dpms {r.null_loop_ms_dpms:.3f} ms/loop"
         + (f", diffusers {r.null_loop_ms_diffusers:.3f} ms/loop → {r.vs_diffusers_null:.2f}×" if r.null_loop_ms_diffusers is not None else ""),
     ]
     if r.vs_diffusers is not None:
         lines.append(f"diffusers {r.diffusers_scheduler} on the bare network: {r.diffusers_seconds * 1e3:.2f} ms → "
                      f"vs_diffusers {r.vs_diffusers:.3f} (> 1: dpms faster)")
+    lines.append(f"50k-sample FID run ≈ {r.fid50k_seconds / 60:.1f} min: sampling {r.sampling_50k_seconds / 60:.1f} min + "
+                 f"features {r.features_50k_seconds / 60:.1f} min ({r.feature_network}, timed at batch {r.feature_batch})")
     if r.peak_loop_bytes is not None:
         lines.append(f"peak memory: forward {mib(r.peak_forward_bytes)}, sampling loop {mib(r.peak_loop_bytes)}; "
                      f"solver state {r.solver_state_batches:.1f} × the batch ({mib(r.batch_bytes)})")

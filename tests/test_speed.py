@@ -243,6 +243,34 @@ def test_allocation_tracker_counts_live_tensors_and_their_release():
 def test_random_weight_instance_of_a_real_architecture():
     r = measure_speed("cifar10-ddpm", "ddim", 1, batch=1, repeats=1, random_weights=True, diffusers=False, memory=False)
     assert r.nfe == 1 and r.forward_seconds > 0 and r.images_per_second > 0
+    # a 50k-sample FID run: sampling plus pytorch-fid's Inception on the 8-bit images resized to 299×299
+    assert "InceptionV3" in r.feature_network and "299" in r.feature_network and r.feature_batch == 1
+    assert r.sampling_50k_seconds == pytest.approx(50_000 * r.seconds_per_image)
+    assert r.features_50k_seconds == pytest.approx(50_000 * statistics.median(r.samples["features"]) / r.feature_batch)
+    assert r.fid50k_seconds == pytest.approx(r.sampling_50k_seconds + r.features_50k_seconds)
+
+
+def test_fid_feature_pipeline_is_the_bench_one():
+    """The timed extraction quantises to 8 bits as `dpms bench` does, then runs the FID network at 299×299."""
+    from dpms.evaluation.inception import InceptionPool3
+    from dpms.speed import feature_extractor
+
+    description, extract = feature_extractor("cifar10-ddpm", torch.device("cpu"))
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: seen.append(args[0]) if isinstance(module, InceptionPool3) else None)
+    try:
+        with torch.inference_mode():
+            features = extract(torch.tensor([-1.0, -0.999, 0.0, 3.0]).reshape(1, 1, 2, 2).expand(2, 3, 2, 2))
+    finally:
+        handle.remove()
+    assert features.shape == (2, 2048) and len(seen) == 1
+    # to_uint8 then from_uint8: (x + 1)·127.5 truncated, clamped, / 255
+    expected = torch.tensor([0, 0, 127, 255], dtype=torch.float32).div(255).reshape(1, 1, 2, 2).expand(2, 3, 2, 2)
+    torch.testing.assert_close(seen[0], expected)
+    assert "299" in description
+    description, _ = feature_extractor("digits", torch.device("cpu"))
+    assert "digits feature network" in description and "8-bit" in description
 
 
 def _counting_speed_target(monkeypatch):
@@ -296,6 +324,25 @@ def test_floor_and_diffusers_call_the_bare_network_and_only_dpms_uses_its_wrappe
     nulls = zip(r.samples["null_diffusers"], r.samples["null_dpms"])
     assert r.vs_diffusers_null == pytest.approx(statistics.median(d / a for d, a in nulls))
     assert len(r.samples["null_dpms"]) == repeats
+
+
+def test_benchmark_table_has_the_floor_null_loops_and_fid_time():
+    """benchmarks/speed.py renders measure_speed's reports (a row without diffusers too)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+    spec = importlib.util.spec_from_file_location("benchmark_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [measure_speed("gmm", "dpm2m", 4, batch=8, repeats=1).to_dict(),
+            measure_speed("gmm", "rk2", 4, batch=8, repeats=1, memory=False).to_dict()]
+    table = bench.markdown(rows, {"cpu": "test", "torch": torch.__version__, "threads": 1}, "cmd")
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    for column in ("forward ms", "null ms dpms", "null ms diffusers", "sampling 50k (min)", "features 50k (min)", "FID 50k (min)"):
+        assert column in header
+    assert "| gmm | dpm2m | 4 | 8 | fp64 |" in table and "| gmm | rk2 | 4 | 8 | fp64 |" in table
+    assert "gmm: the samples themselves" in table
 
 
 def test_reported_precision_is_what_ran():
