@@ -311,13 +311,38 @@ def speed_target(model: str, checkpoint: str | None, device: str, random_weights
                        time_input=lambda t: time_input(loaded.schedule, t, loaded.preset.time_map, loaded.time_scale))
 
 
-def auto_batch(forward_at, device: torch.device, start: int = 16, limit: int = 8192) -> int:
-    """The batch to time: on CUDA the largest power of two whose forward pass fits in memory (up to
-    `limit`); on CPU the power of two after which images/s stop improving by 5 %."""
+def solver_copies(solver: str, schedule: NoiseSchedule, shape: tuple[int, ...], nfe: int, dtype: torch.dtype) -> int:
+    """Copies of the batch a dpms loop holds at its peak besides the network's own memory: its history of
+    predictions (O(order): 1 for DDIM, up to 4 for PNDM's AB4) plus the temporaries of one update.
+
+    Measured, not guessed: the whole loop with a network that returns a fresh copy of a precomputed
+    tensor (a new output per call, as a real network's, which the solver may keep), at a small batch on
+    the CPU (`AllocationTracker`: live tensor storage), rounded up to whole batches.
+    """
+    per_image = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    batch = max(2, min(64, math.ceil(2**16 / per_image)))  # ≥ 64 KiB a copy: the grid's scalars do not count
+    x = torch.zeros((batch, *shape), dtype=dtype)
+    eps = torch.zeros_like(x)
+    peak, _ = peak_bytes(lambda: sampler.sample(lambda x, t: eps.clone(), schedule, x, solver=solver, nfe=nfe), torch.device("cpu"))
+    return math.ceil(peak / (x.numel() * x.element_size()))
+
+
+def auto_batch(forward_at, device: torch.device, start: int = 16, limit: int = 8192, extra_copies: int = 0) -> int:
+    """The batch to time.
+
+    On CUDA: the largest power of two (up to `limit`) whose forward pass fits in memory while
+    `extra_copies` further copies of the batch are allocated, the headroom the sampling loop needs for
+    the solver's own state (`solver_copies`: order-dependent, 7 batches for DDIM, 9 for DPM-Solver-3, 13–14
+    for the third-order multistep solvers and PNDM; `measure_speed` adds 2 for diffusers' scheduler, whose
+    history is about as long). `forward_at(batch, hold)` runs one forward pass at `batch` while holding
+    `hold` copies of it. Sized by the forward pass alone, the batch would leave the loop out of memory.
+    On CPU: the power of two after which images/s stop improving by 5 %.
+    """
+    hold = extra_copies if device.type == "cuda" else 0
     best, best_rate, batch = start, 0.0, start
     while batch <= limit:
         try:
-            seconds = min(_timed(lambda: forward_at(batch), device) for _ in range(2))
+            seconds = min(_timed(lambda: forward_at(batch, hold), device) for _ in range(2))
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             break
@@ -428,12 +453,14 @@ def measure_speed(
     def mid_time_input(b: int) -> Tensor:
         return target.time_input(torch.full((b,), 0.5, dtype=x_dtype, device=dev))
 
-    def forward_at(b: int):
+    def forward_at(b: int, hold: int = 0):
+        held = [torch.empty((b, *shape), dtype=x_dtype, device=dev) for _ in range(hold)]  # noqa: F841 (headroom)
         with torch.inference_mode():
             return target.network(autocast, b)(inputs(b), mid_time_input(b))
 
     if batch == "auto":
-        batch = auto_batch(forward_at, dev)
+        extra = solver_copies(solver, schedule, shape, nfe, x_dtype) + 2 if dev.type == "cuda" else 0
+        batch = auto_batch(forward_at, dev, extra_copies=extra)
     batch = int(batch)
     if batch < 1:
         raise DpmsError(f"--batch must be positive or 'auto', got {batch}")

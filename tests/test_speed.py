@@ -352,6 +352,36 @@ def test_reported_precision_is_what_ran():
     assert (r.dtype, r.solver_dtype) == ("bf16", "fp32") and "network bf16, solver fp32" in format_report(r)[0]
 
 
+@pytest.mark.parametrize("solver,nfe", [("ddim", 10), ("dpm3", 12), ("dpm3m", 12), ("pndm", 15)])
+def test_solver_copies_are_the_measured_peak_of_the_loop(gmm, solver, nfe):
+    """The headroom --batch auto leaves on CUDA: the copies of the batch the loop holds at its peak,
+    within a batch of what the memory test above measures with a network that allocates its output."""
+    from dpms.speed import solver_copies
+
+    copies = solver_copies(solver, gmm.schedule, (3, 8, 8), nfe, torch.float32)
+    measured = {"ddim": 6, "dpm3": 8, "dpm3m": 12, "pndm": 14}[solver]
+    assert measured <= copies <= measured + 1
+
+
+def test_cuda_auto_batch_leaves_room_for_the_solver_state(monkeypatch):
+    """With a fake GPU of 1000 'images' of memory where a forward pass takes 2 per image: the forward
+    alone fits 256 images (2·256 + 256 inputs); with 12 copies of the batch held it fits only 64."""
+    import dpms.speed as speed
+
+    monkeypatch.setattr(speed, "_sync", lambda device: None)
+    held = []
+
+    def forward_at(batch, hold):
+        held.append(hold)
+        if batch * (1 + 2 + hold) > 1000:
+            raise torch.cuda.OutOfMemoryError("fake")
+
+    cuda = torch.device("cuda")
+    assert speed.auto_batch(forward_at, cuda) == 256
+    assert speed.auto_batch(forward_at, cuda, extra_copies=12) == 64 and set(held[-3:]) == {12}
+    assert 64 * (1 + 2 + 12) <= 1000 < 128 * (1 + 2 + 12)
+
+
 def test_cli_prints_and_writes_the_report(tmp_path, capsys):
     out = tmp_path / "speed.json"
     assert main(["speed", "--model", "gmm", "--solver", "dpm2m", "--nfe", "6", "--batch", "16", "--repeats", "1", "--json", str(out)]) == 0
