@@ -58,6 +58,20 @@ def time_input(schedule: NoiseSchedule, t: Tensor, time_map: str = "discrete", t
     raise DpmsError(f"unknown time map {time_map!r}; use one of {', '.join(TIME_MAPS)}")
 
 
+def parameter_dtype(net) -> torch.dtype | None:
+    """The floating dtype of a module's parameters (None for plain functions or parameter-free modules)."""
+    if not isinstance(net, torch.nn.Module):
+        return None
+    return next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
+
+
+def _as_dtype(x: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """x in the network's dtype: weights loaded with dtype=torch.bfloat16 need bf16 inputs (the solver keeps
+    its own x in float32/64 and gets ε back in that dtype). The time input is not cast: its embedding is
+    computed in float32, and bf16 would round 999·t to a multiple of 4."""
+    return x if dtype is None or dtype == x.dtype else x.to(dtype)
+
+
 def _check_choice(what: str, value, choices) -> None:
     if value not in choices:
         raise DpmsError(f"unknown {what} {value!r}; use one of {', '.join(str(c) for c in choices)}")
@@ -90,7 +104,8 @@ def wrap_model(
     `condition_to_net` is False (an unconditional network guided by a classifier); for classifier
     guidance it is also the label whose log-probability is ascended.
     `autocast_dtype` (torch.float16 / torch.bfloat16) runs the network under autocast; ε is returned
-    in the dtype of x so the solver's arithmetic keeps its precision.
+    in the dtype of x so the solver's arithmetic keeps its precision. A network whose weights were cast
+    (`load(..., dtype=torch.bfloat16)`) gets x in its own dtype, and ε comes back in x's.
     """
     _check_choice("model type", model_type, MODEL_TYPES)
     _check_choice("time map", time_map, TIME_MAPS)
@@ -102,17 +117,19 @@ def wrap_model(
         raise DpmsError("classifier-free guidance needs condition= and unconditional_condition=")
     model_kwargs = dict(model_kwargs or {})
     classifier_kwargs = dict(classifier_kwargs or {})
+    net_dtype, classifier_dtype = parameter_dtype(net), parameter_dtype(classifier)
 
     def network(x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         kwargs = dict(model_kwargs)
         if cond is not None and condition_to_net:
             kwargs[condition_key] = cond
         t_in = time_input(schedule, t, time_map, time_scale)
+        x_in = _as_dtype(x, net_dtype)
         if autocast_dtype is not None:
             with torch.autocast(device_type=x.device.type, dtype=autocast_dtype):
-                out = net(x, t_in, **kwargs)
+                out = net(x_in, t_in, **kwargs)
         else:
-            out = net(x, t_in, **kwargs)
+            out = net(x_in, t_in, **kwargs)
         out = out.to(x.dtype)
         if learned_sigma:
             out = out[:, : x.shape[1]]
@@ -130,7 +147,7 @@ def wrap_model(
         with torch.inference_mode(False), torch.enable_grad():
             x_in = x.detach().clone().requires_grad_(True)
             t_in = time_input(schedule, t.clone(), time_map, time_scale)
-            logits = classifier(x_in, t_in, **classifier_kwargs)
+            logits = classifier(_as_dtype(x_in, classifier_dtype), t_in, **classifier_kwargs)  # the cast is differentiable
             log_prob = torch.log_softmax(logits.float(), dim=-1)
             selected = log_prob[torch.arange(x.shape[0], device=x.device), condition.clone()]
             return torch.autograd.grad(selected.sum(), x_in)[0].to(x.dtype)

@@ -475,6 +475,35 @@ def test_loaded_model_is_the_noise_fn_for_dpms_sample(tmp_path):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "name, override",
+    [("cifar10-ddpm", TINY_DDPM), ("guided-imagenet64", {**TINY_ADM, "num_classes": 10}),
+     ("scoresde-cifar10-ddpmpp-deep", TINY_NCSNPP)],
+)
+def test_half_precision_weights_sample_like_float32(tmp_path, name, override, dtype):
+    """load(..., dtype=torch.bfloat16 / float16) casts the weights; the model still samples from float32 noise."""
+    net = _network(name, override)
+    if get_preset(name).format == "score_sde":
+        state = {"model": net.state_dict(), "ema": {"shadow_params": [p.detach() for p in net.parameters()]}}
+    else:
+        state = net.state_dict()
+    path = _save(state, tmp_path / "weights.pt")
+    models = {d: load(name, checkpoint=path, config_override=override, dtype=d, verify_hash=False) for d in (None, dtype)}
+    assert next(models[dtype].net.parameters()).dtype == dtype
+    y = torch.tensor([1, 7]) if models[None].num_classes else None
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full, half = (dpms.sample(models[d].noise_fn(y=y), models[d].schedule, x_T, solver="dpm2m", nfe=4) for d in (None, dtype))
+    assert half.dtype == torch.float32
+    assert (half - full).abs().max() < 0.1 * full.abs().max()
+
+
+def test_dtype_that_is_not_floating_point_is_one_line(tmp_path):
+    with pytest.raises(DpmsError, match=r"dtype=torch.int8 is not a floating-point torch dtype; use torch.float32"):
+        load("digits", dtype=torch.int8)
+
+
 @pytest.mark.parametrize("name", ["guided-imagenet64", "guided-imagenet256-uncond"])
 def test_classifier_guidance_uses_the_preset_classifier_and_time_input(tmp_path, name):
     classes = 10 if get_preset(name).num_classes else None

@@ -134,6 +134,57 @@ def test_thresholding_is_for_the_data_prediction_solvers_only(gmm):
     assert clipped.abs().max() < plain.abs().max()
 
 
+class _TinyNet(torch.nn.Module):
+    """conv → time-modulated → conv; the time enters through a float32-computed embedding, as in the real networks."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv_in, self.conv_out = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 3, 3, padding=1)
+        self.temb = torch.nn.Linear(4, 8)
+
+    def forward(self, x, t):
+        angles = t.float()[:, None] * torch.arange(1, 5, dtype=torch.float32)[None] / 1000
+        emb = self.temb(torch.sin(angles).to(x.dtype))
+        return self.conv_out(torch.nn.functional.silu(self.conv_in(x) + emb[:, :, None, None]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_get_half_precision_inputs(dtype):
+    """A network cast to fp16/bf16 (load(..., dtype=...)) runs on x cast to its dtype; ε returns in x's dtype."""
+    sch = NoiseSchedule.discrete_linear(1000)
+    net32 = _TinyNet().eval()
+    net16 = _TinyNet().eval().to(dtype)
+    x, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([0.1, 0.7])
+    with torch.no_grad():
+        expected = wrap_model(net32, sch)(x, t)
+        got = wrap_model(net16, sch)(x, t)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0.05, atol=0.02)
+
+
+class _LinearClassifier(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x, t):
+        return self.head(x)
+
+
+def test_half_precision_classifier_guides_like_the_float32_one():
+    sch = NoiseSchedule.discrete_linear(1000)
+    net = lambda x, t, y=None: torch.zeros_like(x)  # noqa: E731
+    x, t, y = torch.randn(5, 4, generator=torch.Generator().manual_seed(2)), torch.full((5,), 0.4), torch.tensor([0, 2, 1, 0, 2])
+    guided = {
+        dtype: wrap_model(net, sch, guidance="classifier", guidance_scale=2.0, classifier=_LinearClassifier().to(dtype), condition=y)(x, t)
+        for dtype in (torch.float32, torch.bfloat16)
+    }
+    assert guided[torch.bfloat16].dtype == torch.float32
+    torch.testing.assert_close(guided[torch.bfloat16], guided[torch.float32], rtol=0.05, atol=0.01)
+
+
 def test_autocast_returns_the_input_dtype():
     sch = NoiseSchedule.discrete_linear(1000)
     net = torch.nn.Conv2d(3, 3, 1)

@@ -50,6 +50,12 @@ def _batch_times(t, x: Tensor) -> Tensor:
     return t.expand(x.shape[0]) if t.dim() == 0 else t
 
 
+def _embedding(t, x: Tensor, dim: int) -> Tensor:
+    """Timestep embedding computed in float32 (accurate angles), then in x's dtype: a network cast to
+    fp16/bf16 takes half-precision input and its time_embed layers have half-precision weights."""
+    return timestep_embedding(_batch_times(t, x), dim).to(x.dtype)
+
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm(32 groups) evaluated in fp32 whatever the input dtype (stable under fp16 autocast)."""
 
@@ -369,7 +375,7 @@ class UNetModel(nn.Module):
             if y is None:
                 raise DpmsError("this ADM model is class-conditional; pass class labels y (one per sample)")
             raise DpmsError("this ADM model is unconditional; do not pass class labels y")
-        emb = self.time_embed(timestep_embedding(_batch_times(t, x), self.model_channels))
+        emb = self.time_embed(_embedding(t, x, self.model_channels))
         if y is not None:
             emb = emb + self.label_emb(y)
 
@@ -450,7 +456,7 @@ class EncoderUNetModel(nn.Module):
             )
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        emb = self.time_embed(timestep_embedding(_batch_times(t, x), self.model_channels))
+        emb = self.time_embed(_embedding(t, x, self.model_channels))
         h = x
         for block in self.input_blocks:
             h = block(h, emb)

@@ -412,6 +412,8 @@ class LoadedModel:
 
 
 def _load_network(preset: Preset, checkpoint, device, dtype, config_override, verify) -> tuple[nn.Module, dict, Path]:
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise DpmsError(f"dtype={dtype!r} is not a floating-point torch dtype; use torch.float32, torch.float16 or torch.bfloat16")
     config = {**preset.config, **(config_override or {})}
     path = resolve_checkpoint(preset, checkpoint)
     if verify:

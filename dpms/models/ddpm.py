@@ -222,7 +222,9 @@ class Model(nn.Module):
         t = torch.as_tensor(t, device=x.device)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
-        temb = timestep_embedding(t, self.ch)
+        # The embedding is computed in float32 (accurate angles); in a half-precision network it then
+        # takes the input's dtype, or the first dense layer would meet float32 against fp16/bf16 weights.
+        temb = timestep_embedding(t, self.ch).to(x.dtype)
         temb = self.temb.dense[1](F.silu(self.temb.dense[0](temb)))
 
         skips = [self.conv_in(x)]
