@@ -225,28 +225,28 @@ def models_command() -> None:
         ),
     )
     table.add_column("name", no_wrap=True)
-    for col in ("kind", "arch", "image shape", "params", "file"):
+    for col in ("kind", "arch", "image shape", "params", "file", "status"):
         table.add_column(col)
     for name, preset in checkpoints.presets().items():
         params = f"{preset.params:,}" if preset.params else "—"
         shape = "×".join(map(str, preset.image_shape))
-        table.add_row(name, preset.kind, preset.arch, shape, params, _file_status(preset))
+        table.add_row(name, preset.kind, preset.arch, shape, params, escape(preset.file or "—"), _file_status(preset))
     console.print(table)
 
 
 def _file_status(preset) -> str:
-    """'present: PATH', or what to do to get the file."""
+    """'present: PATH', or the command that gets this preset's file (paths escaped: rich markup)."""
     from .models import checkpoints
 
     if preset.file is None:
         return "built in (no file)"
     found = checkpoints.find_checkpoint(preset)
     if found is not None:
-        return f"[green]present[/]: {found}"
+        return f"[green]present[/]: {escape(str(found))}"
     if preset.download == "direct":
-        return "[yellow]missing[/]: `dpms download NAME`"
+        return f"[yellow]missing[/]: `dpms download {preset.name}`"
     if preset.download == "manual":
-        return "[yellow]missing[/]: by hand (`dpms download NAME` says from where)"
+        return f"[yellow]missing[/]: by hand (`dpms download {preset.name}` says from where)"
     return f"[yellow]missing[/]: `{preset.reproduce}`" if preset.reproduce else "[yellow]missing[/]"
 
 
@@ -278,7 +278,19 @@ def download_command(
     finally:
         if tasks:
             bar.stop()
-    console.print(f"{name}: {path}")
+    console.print(f"{name}: {escape(str(path))}", highlight=False, soft_wrap=True)
+    if to is not None and not _is_searched(preset, path):
+        console.print(
+            f"note: dpms sample looks there only with {checkpoints.ENV_VAR}={escape(str(to))} or "
+            f"--checkpoint {escape(str(path))}", highlight=False, soft_wrap=True,
+        )
+
+
+def _is_searched(preset, path: Path) -> bool:
+    """Whether `load` would find `path` without --checkpoint (it is among the preset's search paths)."""
+    from .models import checkpoints
+
+    return path.resolve() in [p.resolve() for p in checkpoints.search_paths(preset)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -896,8 +896,27 @@ def test_cli_models_lists_presets_and_finds_files(tmp_path, monkeypatch, capsys)
     rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 2}
     assert set(rows) == set(presets())
     assert f"present: {tmp_path / preset.file}" in rows["cifar10-ddpm"] and "35,746,307" in rows["cifar10-ddpm"]
-    assert "missing: `dpms download NAME`" in rows["guided-imagenet256"]
+    assert "missing: `dpms download guided-imagenet256`" in rows["guided-imagenet256"]
+    assert "guided-diffusion/256x256_diffusion.pt" in rows["guided-imagenet256"]  # the file it looks for
+    assert "missing: by hand (`dpms download celeba64-ddim` says from where)" in rows["celeba64-ddim"]
     assert f"$DPMS_CHECKPOINTS/<file> ({tmp_path})" in out
+
+
+@pytest.mark.parametrize("searched", [True, False])
+def test_cli_download_to_says_how_sample_finds_the_file(tmp_path, monkeypatch, capsys, searched):
+    from dpms import cli
+    from dpms.models import download as download_module
+
+    root = tmp_path / "ckpt[1]"
+    monkeypatch.setenv("DPMS_CHECKPOINTS", str(root if searched else tmp_path / "elsewhere"))
+    monkeypatch.setattr(download_module, "download", lambda preset, to, progress: Path(to) / preset.file)
+    monkeypatch.setattr(cli.console, "width", 400)
+    assert cli.main(["download", "cifar10-ddpm", "--to", str(root)]) == 0
+    out = capsys.readouterr().out
+    path = root / get_preset("cifar10-ddpm").file
+    assert f"cifar10-ddpm: {path}" in out
+    note = f"note: dpms sample looks there only with DPMS_CHECKPOINTS={root} or --checkpoint {path}"
+    assert (note in out) is not searched
 
 
 def test_cli_download_of_a_browser_only_file_is_one_line(tmp_path, capsys):
