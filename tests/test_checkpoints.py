@@ -475,6 +475,47 @@ def test_loaded_model_is_the_noise_fn_for_dpms_sample(tmp_path):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_classifier_free_guidance_on_a_class_conditional_adm_with_a_null_class(tmp_path):
+    """No published preset was trained with a null label; a CFG-trained ADM has num_classes + 1 label
+    embeddings, the last meaning "no class". ε̃ = ε_u + s(ε_c − ε_u), checked against direct network calls."""
+    tiny = {**TINY_ADM, "num_classes": 11}  # classes 0..9 and the null label 10
+    net = _network("guided-imagenet64", tiny)
+    model = load("guided-imagenet64", checkpoint=_save(net.state_dict(), tmp_path / "cfg.pt"), config_override=tiny)
+    x, _ = _inputs()
+    y, steps, s = torch.tensor([2, 9]), torch.tensor([100.0, 700.0]), 3.0
+    t = (steps + 1) / model.schedule.N
+    eps = model.noise_fn(y=y, guidance="classifier-free", guidance_scale=s, unconditional_y=10)(x, t)
+    with torch.no_grad():
+        conditional, unconditional = net(x, steps, y)[:, :3], net(x, steps, torch.tensor([10, 10]))[:, :3]
+    torch.testing.assert_close(eps, unconditional + s * (conditional - unconditional), rtol=1e-4, atol=1e-5)
+    plain = model.noise_fn(y=y)(x, t)
+    torch.testing.assert_close(model.noise_fn(y=y, guidance="classifier-free", guidance_scale=1.0, unconditional_y=10)(x, t),
+                               plain, rtol=1e-4, atol=1e-5)  # s = 1 is the conditional model
+    with torch.no_grad():
+        x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+        guided = dpms.sample(model.noise_fn(y=y, guidance="classifier-free", guidance_scale=s, unconditional_y=10),
+                             model.schedule, x_T, solver="dpm2m", nfe=4)
+        unguided = dpms.sample(model.noise_fn(y=y), model.schedule, x_T, solver="dpm2m", nfe=4)
+    assert not torch.allclose(guided, unguided)
+
+
+def test_classifier_free_guidance_errors_are_one_line():
+    model = _with_net("guided-imagenet128", TimeRecorder(6))
+    y = torch.tensor([1, 2])
+    with pytest.raises(DpmsError, match="needs class labels y and unconditional_y"):
+        model.noise_fn(y=y, guidance="classifier-free", guidance_scale=2.0)
+    with pytest.raises(DpmsError, match=r"label 1000 is not a class of guided-imagenet128"):
+        model.noise_fn(y=y, guidance="classifier-free", guidance_scale=2.0, unconditional_y=1000)
+    with pytest.raises(DpmsError, match="needs a class-conditional network; guided-lsun-bedroom takes no labels"):
+        _with_net("guided-lsun-bedroom", TimeRecorder(6)).noise_fn(y=y, guidance="classifier-free", unconditional_y=0)
+    with pytest.raises(DpmsError, match="noise_fn sets condition itself"):  # not Python's duplicate-keyword TypeError
+        model.noise_fn(y=y, condition=y)
+    with pytest.raises(DpmsError, match="unknown guidance 'cfg'"):
+        model.noise_fn(y=y, guidance="cfg")
+    model.noise_fn(y=y, guidance="classifier-free", guidance_scale=2.0, unconditional_y=torch.tensor([0, 0]))(
+        torch.zeros(2, 3, 8, 8), torch.full((2,), 0.5))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     "name, override",

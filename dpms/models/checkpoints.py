@@ -10,6 +10,8 @@ Where dpms looks for a preset's file, in order: an explicit `checkpoint=` path (
     model = load("cifar10-ddpm", device="cuda")
     x0 = dpms.sample(model, model.schedule, x_T, solver="dpm3", nfe=10)   # the model is a noise_fn
     noise_fn = model.noise_fn(y=labels, guidance_scale=1.25, classifier=load_classifier(model.classifier_preset))
+    # classifier-free guidance, for a network trained with a null label (none of the published ones is):
+    noise_fn = model.noise_fn(y=labels, guidance="classifier-free", guidance_scale=2.0, unconditional_y=NULL_LABEL)
 """
 
 from __future__ import annotations
@@ -337,6 +339,21 @@ def _check_labels(y: Tensor, classes: int | None, owner: str) -> None:
         raise DpmsError(f"label {low if low < 0 else high} is not a class of {owner} ({classes} classes); use labels from 0 to {classes - 1}")
 
 
+_RESERVED_OPTIONS = ("model_type", "time_map", "time_scale", "learned_sigma", "guidance_scale", "classifier",
+                     "condition", "unconditional_condition", "condition_to_net")
+
+
+def _refuse_reserved_options(options: Mapping) -> None:
+    """Options that noise_fn sets itself (from the preset or its own arguments) cannot also come through
+    **wrapper_options: Python would stop with a duplicate-keyword TypeError."""
+    clash = [key for key in _RESERVED_OPTIONS if key in options]
+    if clash:
+        raise DpmsError(
+            f"noise_fn sets {', '.join(clash)} itself; pass labels as y= / unconditional_y=, guidance as "
+            "guidance= and guidance_scale=, and the classifier as classifier="
+        )
+
+
 @dataclass
 class LoadedModel:
     """A network with its weights and everything needed to sample it.
@@ -368,15 +385,29 @@ class LoadedModel:
         guidance_scale: float = 0.0,
         classifier: nn.Module | None = None,
         autocast_dtype: torch.dtype | None = None,
+        guidance: str | None = None,
+        unconditional_y: Tensor | int | None = None,
         **wrapper_options,
     ) -> NoiseFn:
         """The wrapped noise predictor ε(x, t) (`dpms.model_wrapper.wrap_model`) for labels `y`.
 
-        With `guidance_scale` s ≠ 0, classifier guidance ε − s·σ_t·∇ₓ log p(y | x_t) (Dhariwal & Nichol
-        2021) with `classifier` (from `load_classifier`); an unconditional network is guided without
-        receiving y. `wrapper_options` go to `wrap_model` (thresholding=..., ...).
+        `guidance` None means classifier guidance when `guidance_scale` s ≠ 0, else none.
+        * "classifier": ε − s·σ_t·∇ₓ log p(y | x_t) (Dhariwal & Nichol 2021) with `classifier` (from
+          `load_classifier`); an unconditional network is guided without receiving y.
+        * "classifier-free": ε_u + s·(ε_c − ε_u) (Ho & Salimans 2022), ε_c for `y` and ε_u for
+          `unconditional_y`, the label a CFG-trained network reserves for "no class" (an int or one per
+          sample). None of the published presets was trained with a null label, so this serves your own
+          class-conditional network of a preset's architecture (e.g. ADM with num_classes + 1).
+        `wrapper_options` go to `wrap_model` (thresholding=..., ...).
         """
-        guided = guidance_scale != 0
+        _refuse_reserved_options(wrapper_options)
+        if guidance == "classifier-free":
+            return self._classifier_free(y, unconditional_y, guidance_scale, autocast_dtype, wrapper_options)
+        if guidance not in (None, "classifier"):
+            raise DpmsError(f"unknown guidance {guidance!r}; use None, 'classifier' or 'classifier-free'")
+        if unconditional_y is not None:
+            raise DpmsError("unconditional_y is the null label of classifier-free guidance; pass guidance='classifier-free'")
+        guided = guidance == "classifier" or guidance_scale != 0
         if guided and classifier is None:
             hint = f" (classifier preset {self.classifier_preset})" if self.classifier_preset else ""
             raise DpmsError(f"classifier guidance for {self.name} needs a classifier{hint}; pass --classifier PATH")
@@ -389,13 +420,7 @@ class LoadedModel:
         if y is not None:
             classes = self.num_classes if self.num_classes is not None else getattr(classifier, "out_channels", None)
             _check_labels(y, classes, self.name if self.num_classes is not None else "the classifier")
-        return wrap_model(
-            self.net,
-            self.schedule,
-            model_type=self.preset.model_type,
-            time_map=self.preset.time_map,
-            time_scale=self.time_scale,
-            learned_sigma=self.preset.learned_sigma,
+        return self._wrap(
             guidance="classifier" if guided else None,
             guidance_scale=guidance_scale,
             classifier=classifier if guided else None,
@@ -403,6 +428,35 @@ class LoadedModel:
             condition_to_net=self.num_classes is not None,
             autocast_dtype=autocast_dtype,
             **wrapper_options,
+        )
+
+    def _classifier_free(self, y, unconditional_y, guidance_scale: float, autocast_dtype, wrapper_options: dict) -> NoiseFn:
+        """ε_u + s·(ε_c − ε_u), both predictions from one batched call of the conditional network."""
+        if self.num_classes is None:
+            raise DpmsError(f"classifier-free guidance needs a class-conditional network; {self.name} takes no labels")
+        if y is None or unconditional_y is None:
+            raise DpmsError("classifier-free guidance needs class labels y and unconditional_y, the network's null label")
+        null = torch.as_tensor(unconditional_y, device=y.device)
+        null = null.expand_as(y) if null.dim() == 0 else null
+        _check_labels(y, self.num_classes, self.name)
+        _check_labels(null, self.num_classes, self.name)
+        if null.shape != y.shape:
+            raise DpmsError(f"unconditional_y has shape {tuple(null.shape)} but y has {tuple(y.shape)}; give one null label or one per sample")
+        return self._wrap(
+            guidance="classifier-free", guidance_scale=guidance_scale, condition=y, unconditional_condition=null,
+            autocast_dtype=autocast_dtype, **wrapper_options,
+        )
+
+    def _wrap(self, **options) -> NoiseFn:
+        """`wrap_model` with what the preset fixes: prediction type, time map and scale, learned Σ."""
+        return wrap_model(
+            self.net,
+            self.schedule,
+            model_type=self.preset.model_type,
+            time_map=self.preset.time_map,
+            time_scale=self.time_scale,
+            learned_sigma=self.preset.learned_sigma,
+            **options,
         )
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
