@@ -142,7 +142,7 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float64 if target.name == "gmm" else torch.float32
     samples, sample_labels = _allocate(target, num, dtype), np.empty(num, dtype=np.int64) if target.num_classes else None
-    nfe_used = []
+    nfe_used, t_end_used = [], None
     start = time.perf_counter()
     done = 0
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
@@ -161,6 +161,8 @@ def generate(
                     seeds=step_noise_seeds(idx, seed), return_info=True, **options,
                 )
                 nfe_used.append(info.nfe)
+                if t_end_used is None:  # the grid's last time: --t-end, else the schedule's default (1/N, 1e-3)
+                    t_end_used = float(info.timesteps[-1])
                 rows = slice(done, done + len(idx))
                 if target.is_image:
                     imgs = to_uint8(x, target.uint8)
@@ -188,6 +190,7 @@ def generate(
         "solver": solver,
         "nfe": nfe,
         "nfe_used_per_batch": sorted(set(nfe_used)),
+        "t_end": t_end_used,
         "num": done,
         "seconds": seconds,
         "out": str(out),

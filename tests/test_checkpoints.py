@@ -1009,6 +1009,24 @@ def test_noise_fn_checks_labels():
         uncond.noise_fn(y=torch.tensor([10]), guidance_scale=1.0, classifier=classifier)
 
 
+@pytest.mark.parametrize("t_end_args, t_end", [([], "0.001"), (["--t-end", "1e-4"], "0.0001")])
+def test_cli_score_sde_t_end_defaults_to_1e_3_and_is_an_option(tmp_path, monkeypatch, capsys, t_end_args, t_end):
+    import functools
+
+    from dpms.cli import main
+    from dpms.models import checkpoints
+
+    name = "scoresde-cifar10-ddpmpp-deep"
+    net = _network(name, TINY_NCSNPP)
+    path = _save({"model": net.state_dict(), "ema": {"shadow_params": [p.detach() for p in net.parameters()]}},
+                 tmp_path / "checkpoint_8.pth")
+    monkeypatch.setattr(checkpoints, "load", functools.partial(checkpoints.load, config_override=TINY_NCSNPP))
+    monkeypatch.setattr("dpms.cli.console.width", 400)
+    assert main(["sample", "--model", name, "--checkpoint", str(path), "--solver", "dpm2m", "--nfe", "3", "--num", "2",
+                 "--no-png", "--out", str(tmp_path / "out"), *t_end_args]) == 0
+    assert f"NFE used 3, t_end {t_end}," in capsys.readouterr().out
+
+
 def test_cli_guides_the_unconditional_imagenet_model_with_drawn_labels(tmp_path, monkeypatch):
     """`dpms sample --model guided-imagenet256-uncond --classifier ... --guidance-scale s`: the network gets
     no labels, the classifier gets labels drawn from its classes, guidance changes the samples."""
