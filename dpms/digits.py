@@ -9,7 +9,8 @@
   L_simple on `NoiseSchedule.discrete_linear(1000)`; the EMA weights ship in `digits_ddpm.pt`.
 
 Everything is reproducible from the command line: `dpms train digits-classifier` then `dpms train digits`
-(see checkpoints/digits/README.md for the exact commands and the numbers they produced).
+(checkpoints/README.md lists the shipped files; their cards checkpoints/digits/digits_ddpm.json and
+checkpoints/digits/digits_classifier.json record the settings, wall time and the numbers they produced).
 """
 
 from __future__ import annotations
@@ -319,32 +320,51 @@ def sample_digits(model: nn.Module, num_samples: int, solver: str = "ddim", nfe:
     return torch.cat([sample(noise_fn, schedule, chunk, solver=solver, nfe=nfe) for chunk in x_T.split(batch_size)])
 
 
+def _gaussian(features: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    features = features.double().numpy()
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
 @torch.no_grad()
 def evaluate_digits_samples(samples: Tensor, classifier: DigitsClassifier, confident: float = 0.9) -> dict:
     """Quality of digit samples seen through the classifier.
 
+    The samples are first quantised to 8-bit images exactly as `dpms bench` does for the digits model
+    (`dpms.images.to_uint8` with the preset's uint8 convention, then the feature extractor's
+    `from_uint8`, x/127.5 − 1): what is measured is what a PNG of the sample holds, so pixels the
+    sampler left far outside [−1, 1] count as black or white, not as their raw values.
     Returns the class histogram of the arg-max, the fraction classified with probability ≥ `confident`,
-    the FD (digits features) of the samples against all 1,797 real digits, and as a floor the FD of the
-    held-out real split (360) against the other 1,437 real digits.
+    the FD (digits features) of the quantised samples against all 1,797 real digits (and, labelled, that
+    of the raw float samples), and as a floor the FD of the held-out real split (360) against the other
+    1,437 real digits.
     """
-    from .evaluation import frechet_distance
+    from .evaluation import ModuleFeatures, frechet_distance
+    from .images import to_uint8
+    from .models.checkpoints import get_preset
 
     classifier.eval()
-    probabilities = torch.softmax(classifier(samples), dim=1)
+    convention = get_preset("digits").uint8
+    images = to_uint8(samples, convention)
+    probabilities = torch.softmax(ModuleFeatures(classifier, name="digits classifier").from_uint8(images), dim=1)
     counts = torch.bincount(probabilities.argmax(1), minlength=10)
     mu_real, sigma_real = feature_statistics(classifier.features, load_digits_images())
-    mu_fake, sigma_fake = feature_statistics(classifier.features, samples)
+    mu_fake, sigma_fake = _gaussian(ModuleFeatures(classifier.features, name=FEATURES_NAME).from_uint8(images))
+    mu_raw, sigma_raw = feature_statistics(classifier.features, samples)
     train_idx, held_idx = digits_split()
     images = load_digits_images()
     mu_held, sigma_held = feature_statistics(classifier.features, images[held_idx])
     mu_rest, sigma_rest = feature_statistics(classifier.features, images[train_idx])
     return {
         "num_samples": samples.shape[0],
+        "quantisation": f"8-bit images as dpms bench: dpms.images.to_uint8 (convention {convention!r}), then x/127.5 - 1",
         "class_counts": counts.tolist(),
         f"fraction_confident_p{confident}": (probabilities.max(1).values >= confident).float().mean().item(),
         "fd_samples_vs_real": frechet_distance(mu_fake, sigma_fake, mu_real, sigma_real),
+        "fd_samples_vs_real_unquantised": frechet_distance(mu_raw, sigma_raw, mu_real, sigma_real),
         "fd_floor_held_out_vs_rest": frechet_distance(mu_held, sigma_held, mu_rest, sigma_rest),
         "pixel_range": [samples.min().item(), samples.max().item()],
+        # samples with a pixel far outside [−1, 1] (|x| > 1.5): what the unquantised FD is most sensitive to
+        "fraction_samples_beyond_1.5": (samples.abs() > 1.5).flatten(1).any(1).float().mean().item(),
     }
 
 

@@ -188,3 +188,41 @@ def test_cli_trains_the_classifier_and_writes_weights_card_and_stats(tmp_path):
     assert info["held_out_accuracy"] > 0.5  # one epoch already learns most digits
     mu, sigma = digits.load_digits_stats(tmp_path)
     assert mu.shape == (128,) and sigma.shape == (128, 128)
+
+
+# ------------------------------------------------------------------------------------ evaluation
+@pytest.fixture(scope="module")
+def wild_samples():
+    """All real digits, a few with a pixel far outside [−1, 1] (as 2.4 % of the shipped model's DDIM-50 samples)."""
+    samples = digits.load_digits_images().clone()
+    samples[::40, 0, 2, 3] = -9.8
+    samples[5::40, 0, 4, 4] = 2.5
+    return samples
+
+
+def test_evaluation_measures_the_8_bit_images_as_the_bench_does(wild_samples):
+    """The FD is that of what the bench's digits metric sees: to_uint8 with the preset's convention, then
+    the feature extractor's from_uint8; the raw floats' FD is reported apart, labelled."""
+    from dpms.images import to_uint8
+    from dpms.models.checkpoints import get_preset
+
+    classifier = digits.load_digits_classifier()
+    result = digits.evaluate_digits_samples(wild_samples, classifier)
+    features = digits.digits_features().from_uint8(to_uint8(wild_samples, get_preset("digits").uint8)).double().numpy()
+    mu, sigma = digits.feature_statistics(classifier.features, digits.load_digits_images())
+    expected = frechet_distance(features.mean(0), np.cov(features, rowvar=False), mu, sigma)
+    raw = frechet_distance(*digits.feature_statistics(classifier.features, wild_samples), mu, sigma)
+    assert result["fd_samples_vs_real"] == pytest.approx(expected, rel=1e-6)
+    assert result["fd_samples_vs_real_unquantised"] == pytest.approx(raw, rel=1e-6)
+    assert expected < 1 < raw and raw > 20 * expected, (expected, raw)  # wild pixels move the raw FD, not the measured one
+    assert "8-bit" in result["quantisation"] and "to_uint8" in result["quantisation"]
+    assert result["fraction_samples_beyond_1.5"] == pytest.approx(len(range(0, 1797, 40)) * 2 / 1797)
+
+
+def test_module_doc_points_at_files_that_exist():
+    import re
+
+    root = DIR.parent.parent
+    paths = re.findall(r"checkpoints/[\w./-]*\w", digits.__doc__)
+    assert paths and all((root / path).exists() for path in paths), paths
+
