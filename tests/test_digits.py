@@ -226,3 +226,19 @@ def test_module_doc_points_at_files_that_exist():
     paths = re.findall(r"checkpoints/[\w./-]*\w", digits.__doc__)
     assert paths and all((root / path).exists() for path in paths), paths
 
+
+def test_training_reports_seconds_per_step_and_total_wall_time(tmp_path):
+    """`dpms train digits` prints s/step and the whole run's wall time, and records them in the card."""
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    card = digits.reproduce_digits_ddpm(steps=2, directory=tmp_path, check_samples=10, console=Console(file=out, width=200))
+    printed = out.getvalue()
+    assert card["seconds_per_step"] == pytest.approx(card["wall_time_s"] / 2, abs=0.06)
+    assert card["total_wall_time_s"] >= card["wall_time_s"] + card["check_wall_time_s"] - 0.2
+    assert "trained 2 steps in" in printed and "s/step" in printed and "total wall time" in printed
+    assert "quantised to 8 bits" in printed
+    assert json.loads((tmp_path / "digits_ddpm.json").read_text())["seconds_per_step"] == card["seconds_per_step"]
+    assert "check_ddim50_10_samples" in card
