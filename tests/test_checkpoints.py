@@ -35,7 +35,7 @@ from dpms.models.checkpoints import (
 from dpms.models.download import download
 from dpms.schedule import NoiseSchedule
 
-from conftest import needs_reference, reference_keys, reference_summary  # noqa: E402
+from conftest import KEYS, needs_reference, reference_keys, reference_summary  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -192,6 +192,15 @@ def _with_net(preset: str, net: torch.nn.Module) -> LoadedModel:
 def test_every_network_preset_has_a_reference_key_dump():
     assert set(presets()) == set(KEY_FILES) | WITHOUT_KEY_FILE
     assert set(presets()) - {"gmm"} == set(EXPECTED)
+
+
+@needs_reference
+def test_every_reference_key_dump_is_checked_against_a_preset():
+    """A key dump added to the reference (a new checkpoint family) must get a preset and a KEY_FILES row."""
+    dumps = {path.stem for path in KEYS.glob("*.txt")}
+    checked = set(KEY_FILES.values()) | set(DIFFUSERS_KEY_FILES.values())
+    assert dumps - checked == set(), "reference key dumps no preset is checked against"
+    assert checked - dumps == set(), "KEY_FILES names dumps the reference does not have"
 
 
 @needs_reference

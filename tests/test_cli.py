@@ -77,6 +77,34 @@ def test_error_is_one_plain_line_without_terminal_codes(tmp_path, capsys, monkey
     assert err.strip() == "error: torch says do this [now] or later"
 
 
+@pytest.mark.parametrize("flag, dtype", [("fp32", None), ("bf16", "bfloat16"), ("fp16", "float16")])
+def test_dtype_flag_reaches_the_network_as_autocast(tmp_path, capsys, monkeypatch, flag, dtype):
+    """`dpms sample --dtype bf16` runs the network's forward under autocast with that dtype."""
+    import torch
+
+    from dpms.models import checkpoints
+    from dpms.schedule import NoiseSchedule
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, t):
+            enabled = torch.is_autocast_enabled(x.device.type)
+            seen.append(str(torch.get_autocast_dtype(x.device.type)).removeprefix("torch.") if enabled else None)
+            return torch.zeros_like(x)
+
+    def load(name, **kwargs):
+        preset = checkpoints.get_preset(name)
+        return checkpoints.LoadedModel(name, Recorder(), NoiseSchedule.from_spec(preset.schedule), preset,
+                                       dict(preset.config), preset.image_shape, None, None)
+
+    monkeypatch.setattr(checkpoints, "load", load)
+    code, out, err = run(["sample", "--model", "cifar10-ddpm", "--dtype", flag, "--solver", "ddim", "--nfe", "2",
+                          "--num", "2", "--no-png", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert seen and set(seen) == {dtype}
+
+
 def test_solvers_table_lists_every_solver(capsys):
     import dpms
 
