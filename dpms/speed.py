@@ -361,12 +361,14 @@ def feature_extractor(model: str, device: torch.device):
     """(description, images in [−1, 1] -> features) of the FID pipeline of `model`, with random weights
     (the cost of the trained ones) so that nothing is read or downloaded.
 
-    Image models: 8-bit quantisation exactly as `dpms bench` does (`dpms.images.to_uint8`, then the
-    extractor's `from_uint8`), then pytorch-fid's InceptionV3 up to pool3, which resizes to 299×299;
-    `digits`: the same quantisation, then the digits feature network; `gmm`: the samples themselves.
+    Image models: 8-bit quantisation exactly as `dpms bench` does (`dpms.images.to_uint8` with the preset's
+    uint8 convention, then the extractor's `from_uint8`), then pytorch-fid's InceptionV3 up to pool3, which
+    resizes to 299×299; `digits`: the same quantisation, then the digits feature network; `gmm`: the
+    samples themselves.
     """
     from .evaluation import IdentityFeatures, ModuleFeatures
     from .images import to_uint8
+    from .models.checkpoints import get_preset
 
     if model == "gmm":
         return "the samples themselves (FD in data space)", IdentityFeatures(device=device)
@@ -382,7 +384,8 @@ def feature_extractor(model: str, device: torch.device):
         extractor.device = device
         extractor.network = InceptionPool3(build_fid_inception()).to(device).eval().requires_grad_(False)
         description = "pytorch-fid InceptionV3 pool3 (random weights), 8-bit images resized to 299×299"
-    return description, lambda x: extractor.from_uint8(to_uint8(x))
+    convention = get_preset(model).uint8
+    return description, lambda x: extractor.from_uint8(to_uint8(x, convention))
 
 
 def feature_cost(model: str, shape: tuple[int, ...], device: torch.device, batch: int, repeats: int) -> dict:

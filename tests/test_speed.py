@@ -265,8 +265,8 @@ def test_fid_feature_pipeline_is_the_bench_one():
     finally:
         handle.remove()
     assert features.shape == (2, 2048) and len(seen) == 1
-    # to_uint8 then from_uint8: (x + 1)·127.5 truncated, clamped, / 255
-    expected = torch.tensor([0, 0, 127, 255], dtype=torch.float32).div(255).reshape(1, 1, 2, 2).expand(2, 3, 2, 2)
+    # to_uint8 with the preset's convention (cifar10-ddpm: 'round', 255·(x + 1)/2 + 0.5 truncated), then / 255
+    expected = torch.tensor([0, 0, 128, 255], dtype=torch.float32).div(255).reshape(1, 1, 2, 2).expand(2, 3, 2, 2)
     torch.testing.assert_close(seen[0], expected)
     assert "299" in description
     description, _ = feature_extractor("digits", torch.device("cpu"))
