@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import Tensor, nn
 
-from .errors import MissingFileError
+from .errors import DpmsError, MissingFileError
 from .schedule import NoiseSchedule
 
 DIGITS_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "digits"
@@ -407,19 +407,36 @@ def reproduce_digits_ddpm(steps: int = 6000, seed: int = 0, directory: Path | No
             "wall_time_s": round(result.wall_time_s, 1), "seconds_per_step": round(seconds_per_step, 4),
             "torch": torch.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
     card = save_digits_ddpm(result.ema_state_dict, card, directory)
+    card = check_digits_ddpm(directory, card, console, check_samples=check_samples, seed=seed)
+    card["total_wall_time_s"] = round(time.perf_counter() - start, 1)
+    (directory / "digits_ddpm.json").write_text(json.dumps(card, indent=2) + "\n")
+    console.print(f"total wall time {card['total_wall_time_s']:.1f} s (training {result.wall_time_s:.1f} s, "
+                  f"sample check {card['check_wall_time_s']:.1f} s)", highlight=False)
+    return card
+
+
+def check_digits_ddpm(directory: Path | None = None, card: dict | None = None, console: Console | None = None,
+                      check_samples: int = 500, seed: int = 0) -> dict:
+    """The card's sample check (also `dpms train digits --check-only`, on weights already there): draw
+    `check_samples` DDIM-50 samples, classify them with the feature network found in `directory` (else the
+    shipped one), write samples_ddim50.png and record the result in the card digits_ddpm.json."""
+    console = console or Console()
+    directory = Path(directory or DIGITS_DIR)
+    card_path = directory / "digits_ddpm.json"
+    if card is None:
+        if not card_path.is_file():
+            raise DpmsError(f"no digits DDPM card at {card_path}; train one with `dpms train digits --out {directory}`")
+        card = json.loads(card_path.read_text())
     model = load_digits_ddpm(directory=directory)
     classifier_dir = directory if (directory / CLASSIFIER_FILE).is_file() else DIGITS_DIR
     check_start = time.perf_counter()
     samples = sample_digits(model, check_samples, solver="ddim", nfe=50, seed=seed)
     save_sample_grid(samples[:100], directory / SAMPLES_FILE)
-    card[f"check_ddim50_{check_samples}_samples"] = evaluate_digits_samples(samples, load_digits_classifier(directory=classifier_dir))
+    check = evaluate_digits_samples(samples, load_digits_classifier(directory=classifier_dir))
+    card[f"check_ddim50_{check_samples}_samples"] = check
     card["check_wall_time_s"] = round(time.perf_counter() - check_start, 1)
-    card["total_wall_time_s"] = round(time.perf_counter() - start, 1)
-    (directory / "digits_ddpm.json").write_text(json.dumps(card, indent=2) + "\n")
-    check = card[f"check_ddim50_{check_samples}_samples"]
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
     console.print(f"FD (digits features) of {check_samples} DDIM-50 samples, quantised to 8 bits as dpms bench: "
                   f"{check['fd_samples_vs_real']:.3f} (unquantised {check['fd_samples_vs_real_unquantised']:.3f}; "
                   f"held-out real floor {check['fd_floor_held_out_vs_rest']:.3f})", highlight=False)
-    console.print(f"total wall time {card['total_wall_time_s']:.1f} s (training {result.wall_time_s:.1f} s, "
-                  f"sample check {card['check_wall_time_s']:.1f} s)", highlight=False)
     return card

@@ -1,6 +1,7 @@
 """The shipped digits models (checkpoints/digits): data, feature network, reference stats, DDPM weights,
 and the seeded training loop."""
 
+import io
 import json
 
 import numpy as np
@@ -242,3 +243,20 @@ def test_training_reports_seconds_per_step_and_total_wall_time(tmp_path):
     assert "quantised to 8 bits" in printed
     assert json.loads((tmp_path / "digits_ddpm.json").read_text())["seconds_per_step"] == card["seconds_per_step"]
     assert "check_ddim50_10_samples" in card
+
+
+def test_check_only_redoes_the_cards_sample_check_without_training(tmp_path, capsys):
+    """`dpms train digits --check-only` re-measures the weights already in --out and rewrites only the check."""
+    from rich.console import Console
+
+    digits.reproduce_digits_ddpm(steps=2, directory=tmp_path, check_samples=10, console=Console(file=io.StringIO()))
+    weights = (tmp_path / "digits_ddpm.pt").read_bytes()
+    before = json.loads((tmp_path / "digits_ddpm.json").read_text())
+    del before["check_ddim50_10_samples"]
+    (tmp_path / "digits_ddpm.json").write_text(json.dumps(before))
+    assert main(["train", "digits", "--check-only", "--check-samples", "12", "--out", str(tmp_path)]) == 0
+    after = json.loads((tmp_path / "digits_ddpm.json").read_text())
+    assert (tmp_path / "digits_ddpm.pt").read_bytes() == weights
+    assert after["check_ddim50_12_samples"]["num_samples"] == 12 and after["wall_time_s"] == before["wall_time_s"]
+    assert "quantised to 8 bits" in capsys.readouterr().out
+    assert main(["train", "digits", "--check-only", "--out", str(tmp_path / "none")]) == 2
