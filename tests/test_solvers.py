@@ -354,6 +354,18 @@ def test_nan_from_the_network_is_one_line_naming_the_first_bad_call(gmm, solver)
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_one_non_finite_entry_is_caught(gmm, bad):
+    def broken(x, t):
+        eps = gmm(x, t).clone()
+        if float(t[0]) < 0.5:
+            eps[1, 2] = bad
+        return eps
+
+    with pytest.raises(DpmsError, match=r"NaN/inf at call \d+ of 10 \(t=0\.[0-4]"):
+        dpms.sample(broken, gmm.schedule, gmm.prior(4), solver="ddim", nfe=10, skip="time_uniform")
+
+
 @pytest.mark.parametrize("mode,steps,lowered", [("official", 9, True), ("official", 10, False), (True, 9, True), (False, 5, False),
                                                 ("diffusers", 14, True), ("diffusers", 15, False), ("always", 50, True), ("never", 3, False)])
 def test_lower_order_final_modes_decide_the_last_steps_order(gmm, mode, steps, lowered):
