@@ -4,7 +4,7 @@ Sample i always starts from the same x_T (derived from (seed, i) by `dpms.sample
 output does not depend on the batch size. PNGs are written batch by batch and every sample goes into one
 preallocated array (uint8 for images); the `.npz` is written atomically at the end, or with what was
 finished when the run is interrupted. It holds `samples` (N×H×W×C uint8 for images) and, for labelled
-runs, `labels`, each also under the name guided-diffusion's evaluator reads (`arr_0`, `arr_1`).
+runs, `labels`.
 """
 
 from __future__ import annotations
@@ -91,13 +91,10 @@ def _allocate(target: Target, num: int, dtype: torch.dtype) -> np.ndarray:
 
 
 def _npz_arrays(samples: np.ndarray, sample_labels: np.ndarray | None) -> dict[str, np.ndarray]:
-    """The arrays of samples.npz: `samples` (and `labels`), and the same data again as `arr_0` (and
-    `arr_1`), the names guided-diffusion's evaluator (evaluations/evaluator.py) reads. The duplicate
-    doubles the file: npz cannot alias an entry."""
-    arrays = {"samples": samples, "arr_0": samples}
-    if sample_labels is not None:
-        arrays.update(labels=sample_labels, arr_1=sample_labels)
-    return arrays
+    """The arrays of samples.npz: `samples` (and `labels`), once: npz cannot alias an entry, and a second
+    copy under guided-diffusion's names would double a 50k-image file (`dpms fid` and `dpms stats` read
+    guided-diffusion's `arr_0` files too)."""
+    return {"samples": samples} if sample_labels is None else {"samples": samples, "labels": sample_labels}
 
 
 def _check_labels(target: Target, class_labels: list[int] | None) -> None:

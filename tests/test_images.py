@@ -82,19 +82,23 @@ def test_generate_writes_the_targets_convention_and_pngs_equal_the_npz(tmp_path)
     assert set(np.unique(diff)) == {0, 1}  # same samples, quantised both ways
 
 
-def test_npz_is_readable_by_the_adm_evaluator(tmp_path):
-    """guided-diffusion's evaluations/evaluator.py reads `arr_0` (N×H×W×C uint8) and, for labelled batches, `arr_1`."""
+def test_npz_holds_one_copy_and_guided_diffusions_arr_0_files_are_read_too(tmp_path):
+    """samples.npz: `samples` (N×H×W×C uint8) and `labels`, once; an .npz of guided-diffusion's scripts
+    (`arr_0`, `arr_1`) is read by `dpms fid` / `dpms stats` as the same samples."""
     import dataclasses
 
+    from dpms.evaluation.sources import load_samples, source_kind
     from dpms.generate import generate
 
     target = dataclasses.replace(_image_target("floor"), num_classes=10)
     generate(target, "ddim", 3, 5, 2, 0, tmp_path, class_labels=[7, 2], console=None)
     npz = np.load(tmp_path / "samples.npz")
-    assert sorted(npz.files) == ["arr_0", "arr_1", "labels", "samples"]
-    assert npz["arr_0"].dtype == np.uint8 and npz["arr_0"].shape == (5, 8, 8, 3)
-    assert np.array_equal(npz["arr_0"], npz["samples"])
-    assert npz["arr_1"].tolist() == npz["labels"].tolist() == [7, 2, 7, 2, 7]
+    assert sorted(npz.files) == ["labels", "samples"]
+    assert npz["samples"].dtype == np.uint8 and npz["samples"].shape == (5, 8, 8, 3)
+    assert npz["labels"].tolist() == [7, 2, 7, 2, 7]
+    np.savez(tmp_path / "adm.npz", arr_0=npz["samples"], arr_1=npz["labels"])
+    assert source_kind(tmp_path / "adm.npz") == "samples"
+    assert np.array_equal(load_samples(tmp_path / "adm.npz"), npz["samples"])
 
 
 def test_samples_stream_into_one_preallocated_uint8_array(tmp_path, monkeypatch):
@@ -114,7 +118,7 @@ def test_samples_stream_into_one_preallocated_uint8_array(tmp_path, monkeypatch)
     summary = generate_module.generate(_image_target("round"), "ddim", 3, 12, 4, 0, tmp_path, console=None)
     assert summary["num"] == 4
     samples = saved["samples"]
-    assert samples is saved["arr_0"] and samples.dtype == np.uint8 and samples.shape == (4, 8, 8, 3)
+    assert samples.dtype == np.uint8 and samples.shape == (4, 8, 8, 3)
     assert samples.base is not None and samples.base.shape == (12, 8, 8, 3)  # a view of the run's buffer
     assert np.array_equal(_pngs(tmp_path / "images"), samples)
 

@@ -24,7 +24,8 @@ from ..errors import DpmsError, MissingFileError
 from .stats import NPZ_READ_ERRORS, open_npz, unreadable_npz
 
 IMAGE_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")
-NPZ_FIX = "expected samples from `dpms sample` (key 'samples') or statistics (keys 'mu', 'sigma')"
+NPZ_FIX = "expected samples from `dpms sample` (key 'samples') or guided-diffusion (key 'arr_0'), or statistics (keys 'mu', 'sigma')"
+SAMPLE_KEYS = ("samples", "arr_0")  # dpms sample; guided-diffusion's sample scripts and evaluator
 
 
 def source_kind(path: str | Path) -> str:
@@ -45,9 +46,9 @@ def source_kind(path: str | Path) -> str:
         raise unreadable_npz(path, e, NPZ_FIX) from None
     if {"mu", "sigma"} <= keys:
         return "stats"
-    if "samples" in keys:
+    if keys & set(SAMPLE_KEYS):
         return "samples"
-    raise DpmsError(f"{path} has neither 'samples' nor 'mu' and 'sigma' (found: {', '.join(sorted(keys)) or 'none'}); {NPZ_FIX}")
+    raise DpmsError(f"{path} has neither 'samples' ('arr_0') nor 'mu' and 'sigma' (found: {', '.join(sorted(keys)) or 'none'}); {NPZ_FIX}")
 
 
 def image_files(directory: Path) -> list[Path]:
@@ -72,9 +73,10 @@ def load_samples(path: Path) -> np.ndarray:
     """The `samples` array of an .npz, checked against the accepted layouts (module docstring)."""
     try:
         with open_npz(path, NPZ_FIX) as f:
-            if "samples" not in f.files:
-                raise DpmsError(f"{path} has no 'samples' array (found: {', '.join(f.files) or 'none'}); {NPZ_FIX}")
-            samples = f["samples"]
+            key = next((k for k in SAMPLE_KEYS if k in f.files), None)
+            if key is None:
+                raise DpmsError(f"{path} has no 'samples' (or 'arr_0') array (found: {', '.join(f.files) or 'none'}); {NPZ_FIX}")
+            samples = f[key]
     except NPZ_READ_ERRORS as e:
         raise unreadable_npz(path, e, NPZ_FIX) from None
     check_samples(samples, str(path))
