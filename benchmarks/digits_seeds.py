@@ -1,0 +1,96 @@
+"""How stable is the digits table? The same grid with other seeds, and the spread of each cell.
+
+`dpms bench` (configs/digits.yaml) measures each cell on 600 samples of seed 0. This reruns the
+columns given by --nfe with other seeds (new x_T, new solver noise), each into OUT/seed<S>/ (resumable
+like any bench run), and summarises, per solver and NFE, the FD (digits features) over all seeds
+(seed 0 read from results/digits/results.json): mean, min, max; and, per NFE, how often each pair
+of solvers keeps the order it has at seed 0 (pairs whose means differ by less than the seeds'
+spread are the ones a single-seed table cannot rank).
+
+    python benchmarks/digits_seeds.py [--seeds 1,2] [--nfe 10,20] [--out results/digits_seeds]
+
+Writes OUT/summary.json and OUT/summary.md and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+from pathlib import Path
+
+from dpms.atomic import atomic_write_text as write_text
+from dpms.cli import main as dpms_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cells_by_label(results: Path, columns: set[str]) -> dict[tuple[str, str], float]:
+    """{(row label, column): value} of the finished, non-adaptive cells of a bench results.json."""
+    cells = json.loads(results.read_text())["cells"]
+    return {(c["label"], str(c["column"])): c["fid"] for c in cells if not c["adaptive"] and str(c["column"]) in columns}
+
+
+def summarise(runs: dict[int, dict[tuple[str, str], float]], columns: list[str]) -> dict:
+    seed0 = min(runs)
+    labels = list(dict.fromkeys(label for label, _ in runs[seed0]))
+    rows = {}
+    for label, column in itertools.product(labels, columns):
+        values = [run[(label, column)] for run in runs.values() if (label, column) in run]
+        if len(values) == len(runs):
+            rows[f"{label}@{column}"] = {"label": label, "column": column, "values": values, "mean": statistics.fmean(values),
+                                         "min": min(values), "max": max(values)}
+    agreement = {}
+    for column in columns:
+        present = [lb for lb in labels if f"{lb}@{column}" in rows]
+        pairs = list(itertools.combinations(present, 2))
+        kept = 0
+        for a, b in pairs:
+            order0 = runs[seed0][(a, column)] < runs[seed0][(b, column)]
+            kept += all((run[(a, column)] < run[(b, column)]) == order0 for run in runs.values())
+        agreement[column] = {"pairs": len(pairs), "same_order_every_seed": kept}
+    return {"seeds": sorted(runs), "rows": rows, "pair_order": agreement}
+
+
+def markdown(summary: dict, columns: list[str]) -> str:
+    seeds = ", ".join(map(str, summary["seeds"]))
+    lines = [f"# Digits: FD (digits features) over seeds {seeds} (600 samples per cell and seed)", "",
+             "Each cell: mean [min – max] over the seeds. Made by `python benchmarks/digits_seeds.py`.", "",
+             "| solver | " + " | ".join(f"NFE {c}" for c in columns) + " |", "|---|" + "---|" * len(columns)]
+    labels = list(dict.fromkeys(r["label"] for r in summary["rows"].values()))
+    for label in labels:
+        cells = []
+        for c in columns:
+            r = summary["rows"].get(f"{label}@{c}")
+            cells.append(f"{r['mean']:.2f} [{r['min']:.2f} – {r['max']:.2f}]" if r else "n/a")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Pairs of solvers that keep seed 0's order at every seed:", ""]
+    for c, a in summary["pair_order"].items():
+        lines.append(f"- NFE {c}: {a['same_order_every_seed']} of {a['pairs']}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="1,2", help="seeds besides 0 (the committed table)")
+    parser.add_argument("--nfe", default="10,20", help="columns of the digits table to rerun")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "digits_seeds")
+    args = parser.parse_args()
+    columns = [c.strip() for c in args.nfe.split(",")]
+    runs = {0: cells_by_label(REPO / "results" / "digits" / "results.json", set(columns))}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        out = args.out / f"seed{seed}"
+        code = dpms_main(["bench", "--seed", str(seed), "--nfe", args.nfe, "--out", str(out)])
+        if code:
+            raise SystemExit(code)
+        runs[seed] = cells_by_label(out / "results.json", set(columns))
+    summary = summarise(runs, columns)
+    write_text(args.out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    text = markdown(summary, columns)
+    write_text(args.out / "summary.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
