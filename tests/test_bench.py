@@ -177,6 +177,21 @@ def test_rerun_skips_finished_cells_and_recomputes_changed_settings(tmp_path):
     assert [k.split("-")[0] for k in other_options.computed] == ["dpm3"]  # ddim at NFE 6 was already there
 
 
+def test_a_change_to_the_numerical_code_recomputes_cells_instead_of_resuming_them(tmp_path, monkeypatch):
+    from dpms.bench import cells
+
+    config = write_config(tmp_path, nfe=[6])
+    out = tmp_path / "out"
+    first = bench(config, out)
+    assert bench(config, out).computed == []
+    monkeypatch.setattr(cells, "numerics_fingerprint", lambda: "another-solver-code")
+    again = bench(config, out)
+    assert len(again.computed) == len(first.computed) > 0 and not set(again.computed) & set(first.computed)
+    covered = {p.relative_to(cells.PACKAGE).as_posix() for p in cells.numerics_files()}
+    assert {"sampler/singlestep.py", "sampler/multistep.py", "schedule.py", "model_wrapper.py", "models/ddpm.py",
+            "evaluation/frechet.py", "images.py"} <= covered and "cli.py" not in covered
+
+
 def test_rerun_shows_the_current_labels_and_published_numbers_without_recomputing(tmp_path):
     out = tmp_path / "out"
     first = bench(write_config(tmp_path, nfe=[10], confidence="paper", solvers=[{"name": "dpm3", "label": "A", "paper": {10: 0.5}}]), out)

@@ -1,7 +1,9 @@
 """The cells of a benchmark: one (solver entry, NFE) pair each, with every setting resolved and hashed.
 
 A cell's key is `<solver>-nfe<N>-<hash>` (`<solver>-adaptive-<hash>` for adaptive solvers), where the hash
-covers everything that changes the number it produces: the dpms version, the model (preset, checkpoint
+covers everything that changes the number it produces: the dpms version and a fingerprint of the source
+of the code that computes the numbers (sampler, schedule, wrapper, networks, images, features: a fix to a
+solver recomputes its cells instead of resuming stale ones), the model (preset, checkpoint
 and classifier fingerprints, guidance scale, precision), the metric (feature kind, reference statistics
 and feature-network fingerprints), the solver with its options, NFE, time grid, t_end, the number of
 samples and the seed (and, for adaptive solvers, how many samples share a step size). The batch size,
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -25,6 +28,9 @@ from ..errors import DpmsError
 from ..sampler.registry import SolverSpec, get_solver
 from .config import BenchConfig, SolverEntry, TEndRule
 
+PACKAGE = Path(__file__).resolve().parents[1]
+# the source that decides a cell's number (the CLI, reports and this bench code do not)
+NUMERICS = ("sampler/*.py", "schedule.py", "model_wrapper.py", "models/*.py", "images.py", "evaluation/*.py", "digits.py")
 FULL_HASH_LIMIT = 256 << 20  # files up to 256 MiB are hashed whole; larger ones by size, head and tail
 PROBE_NFES = range(1, 61)
 
@@ -179,9 +185,23 @@ def assign_keys(cells: list[Cell], config: BenchConfig, identity: dict) -> None:
         _assign_key(cell, config, identity)
 
 
+def numerics_files() -> list[Path]:
+    return sorted({f for pattern in NUMERICS for f in PACKAGE.glob(pattern)})
+
+
+@lru_cache(maxsize=1)
+def numerics_fingerprint() -> str:
+    """sha256 of dpms's numerical source files (NUMERICS), in a fixed order."""
+    digest = hashlib.sha256()
+    for path in numerics_files():
+        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _assign_key(cell: Cell, config: BenchConfig, identity: dict) -> None:
     cell.settings = {
         "dpms": __version__,
+        "numerics": numerics_fingerprint(),
         **identity,
         "solver": cell.spec.name,
         "options": dict(sorted(cell.entry.options.items())),
