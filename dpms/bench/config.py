@@ -265,7 +265,8 @@ def _check_entry_columns(raw_solvers: list, solvers: list[SolverEntry], axis: st
         if entry.columns is None:
             continue
         if not isinstance(raw, dict) or axis not in raw:
-            r.fail(f"solvers[{k}] lists columns by {'steps' if axis == 'nfe' else 'nfe'} but the config's columns are {axis}")
+            other = "steps" if axis == "nfe" else "nfe"
+            r.fail(f"solvers[{k}] lists columns by {other} but the config's columns are {axis}; rename solvers[{k}].{other} to {axis}")
         extra = [c for c in entry.columns if c not in columns]
         if extra:
             r.fail(f"solvers[{k}].{axis} has {extra}, which the config's {axis} {columns} lacks; add them there or drop them here")
@@ -347,13 +348,15 @@ def _entry_settings(entry: SolverEntry, config: BenchConfig) -> str:
 
 
 def _check_distinct_settings(config: BenchConfig, r: _Reader) -> None:
-    """Two entries that differ only in label would compute the same cells under two names."""
-    seen: dict[str, str] = {}
+    """Two entries that differ only in label would compute the same cells under two names (where their
+    columns overlap: entries with their own disjoint `nfe:` lists never share a cell)."""
+    seen: dict[str, list[tuple[str, set]]] = {}
     for entry in config.solvers:
-        settings = _entry_settings(entry, config)
-        if settings in seen:
-            r.fail(f"solver entries {seen[settings]!r} and {entry.label!r} have identical settings; remove one or change its settings")
-        seen[settings] = entry.label
+        columns = set(entry.columns or config.columns)
+        for label, other in seen.setdefault(_entry_settings(entry, config), []):
+            if columns & other or not (columns or other):
+                r.fail(f"solver entries {label!r} and {entry.label!r} have identical settings; remove one or change its settings")
+        seen[_entry_settings(entry, config)].append((entry.label, columns))
 
 
 def load_config(path: str | Path) -> BenchConfig:
