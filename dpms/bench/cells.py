@@ -29,8 +29,14 @@ from ..sampler.registry import SolverSpec, get_solver
 from .config import BenchConfig, SolverEntry, TEndRule
 
 PACKAGE = Path(__file__).resolve().parents[1]
-# the source that decides a cell's number (the CLI, reports and this bench code do not)
-NUMERICS = ("sampler/*.py", "schedule.py", "model_wrapper.py", "models/*.py", "images.py", "evaluation/*.py", "digits.py")
+# the source that decides a cell's number: solvers, schedule, wrapper, networks and their weight mapping,
+# quantisation, features and statistics, the per-sample noise and sharding of a cell. Not listed: the CLI,
+# reports, downloads, config parsing and error messages, which change no number.
+NUMERICS = ("sampler/*.py", "schedule.py", "model_wrapper.py", "images.py", "digits.py",
+            "models/adm.py", "models/architectures.py", "models/ddpm.py", "models/diffusers_format.py", "models/gmm.py",
+            "models/ncsnpp.py", "models/checkpoints.py",
+            "evaluation/features.py", "evaluation/fid.py", "evaluation/frechet.py", "evaluation/inception.py", "evaluation/stats.py",
+            "bench/runner.py", "bench/distributed.py")
 FULL_HASH_LIMIT = 256 << 20  # files up to 256 MiB are hashed whole; larger ones by size, head and tail
 PROBE_NFES = range(1, 61)
 
@@ -186,7 +192,10 @@ def assign_keys(cells: list[Cell], config: BenchConfig, identity: dict) -> None:
 
 
 def numerics_files() -> list[Path]:
-    return sorted({f for pattern in NUMERICS for f in PACKAGE.glob(pattern)})
+    """The NUMERICS files, and the preset registry (schedules, time maps, model types)."""
+    from ..models.checkpoints import REGISTRY
+
+    return sorted({f for pattern in NUMERICS for f in PACKAGE.glob(pattern)} | ({REGISTRY} if REGISTRY.is_file() else set()))
 
 
 @lru_cache(maxsize=1)
@@ -194,7 +203,7 @@ def numerics_fingerprint() -> str:
     """sha256 of dpms's numerical source files (NUMERICS), in a fixed order."""
     digest = hashlib.sha256()
     for path in numerics_files():
-        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 

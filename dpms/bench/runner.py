@@ -195,8 +195,7 @@ def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
             "classifier": fingerprint(classifier),
             "guidance_scale": config.model.guidance_scale,
             "dtype": config.model.dtype,
-            # Only a non-default quantisation enters the key, so cells measured before it existed keep theirs.
-            **({"uint8": preset.uint8} if preset is not None and preset.uint8 != "floor" else {}),
+            "uint8": preset.uint8 if preset is not None else None,
         },
         "metric": {"features": config.features, "reference": fingerprint(reference), "ode_error": config.ode_error},
     }
