@@ -6,7 +6,6 @@ line and exit with code 2.
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import DpmsError
+from .errors import DpmsError, strip_ansi
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast ODE solvers for diffusion models, and FID benchmarks.")
 console = Console()
@@ -35,13 +34,10 @@ def _usage_errors() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
 def _plain_one_line(message: str) -> str:
     """The message as one line of plain text: terminal escape codes (torch's errors carry bold markers)
     removed and line breaks folded, so the error stays one line whatever raised it."""
-    return " ".join(_ANSI_ESCAPE.sub("", message).split())
+    return " ".join(strip_ansi(message).split())
 
 
 def _print_error(error: DpmsError) -> None:

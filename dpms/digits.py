@@ -223,8 +223,7 @@ def digits_features(device="cpu"):
 def feature_statistics(feature_net: nn.Module, images: Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """(μ, Σ) of the features of `images` in float64; Σ = np.cov(rowvar=False)."""
     feature_net.eval()
-    features = torch.cat([feature_net(chunk) for chunk in images.split(batch_size)]).double().numpy()
-    return features.mean(axis=0), np.cov(features, rowvar=False)
+    return _gaussian(torch.cat([feature_net(chunk) for chunk in images.split(batch_size)]))
 
 
 def load_digits_stats(directory: Path | None = None) -> tuple[np.ndarray, np.ndarray]:

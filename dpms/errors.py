@@ -1,6 +1,15 @@
 """User-facing errors. A `DpmsError` message is one line that names the problem and the fix;
 the CLI prints it without a traceback and exits with code 2."""
 
+import re
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """`text` without terminal escape codes (torch's errors carry bold markers)."""
+    return _ANSI_ESCAPE.sub("", text)
+
 
 class DpmsError(Exception):
     """A problem with the user's input (unknown solver, impossible NFE, missing file, ...)."""

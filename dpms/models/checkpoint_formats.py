@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import re
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import DpmsError
+from ..errors import DpmsError, strip_ansi
 
 FORMATS = ("flat", "openai", "ddim-list", "score_sde", "diffusers")
 HASHES = ("md5", "sha256")
@@ -51,14 +50,11 @@ class UnreadableCheckpoint(DpmsError):
         super().__init__(f"{path} is corrupt or unreadable ({reason}); {fix}")
 
 
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
 def _reason(error: BaseException) -> str:
     """The gist of a reader's error in one short line: torch's weights-only message spans paragraphs
     with terminal bold codes, the useful part follows "WeightsUnpickler error:"; miniz's errors append
     boilerplate after their first sentence."""
-    text = _ANSI_ESCAPE.sub("", str(error))
+    text = strip_ansi(str(error))
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
