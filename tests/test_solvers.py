@@ -354,6 +354,26 @@ def test_nan_from_the_network_is_one_line_naming_the_first_bad_call(gmm, solver)
     assert "\n" not in str(error.value)
 
 
+def test_r1_r2_options_move_the_intermediate_points_of_the_top_order_steps_only(gmm):
+    """dpm3 at NFE 8 (orders 3, 3, 2): r1=¼, r2=½ place the 3rd-order steps' calls at λ_s + (0, ¼, ½)h;
+    the 2nd-order step keeps its grid's ½."""
+    calls = []
+
+    def recording(x, t):
+        calls.append(float(t[0]))
+        return gmm(x, t)
+
+    x_T = gmm.prior(2, torch.Generator().manual_seed(0))
+    _, info = dpms.sample(recording, gmm.schedule, x_T, solver="dpm3", nfe=8, r1=0.25, r2=0.5, return_info=True)
+    lam_outer = gmm.schedule.lambda_(info.timesteps.double())
+    expected = []
+    for k, fractions in enumerate([(0, 0.25, 0.5), (0, 0.25, 0.5), (0, 0.5)]):
+        h = (lam_outer[k + 1] - lam_outer[k]).item()
+        expected += [lam_outer[k].item() + r * h for r in fractions]
+    lam_calls = gmm.schedule.lambda_(torch.tensor(calls, dtype=torch.float64))
+    assert torch.allclose(lam_calls, torch.tensor(expected, dtype=torch.float64), atol=1e-4)
+
+
 @pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
 def test_one_non_finite_entry_is_caught(gmm, bad):
     def broken(x, t):

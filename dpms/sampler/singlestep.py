@@ -97,8 +97,8 @@ def _singlestep(noise_fn, schedule, x, timesteps, orders, inner=None, r1=None, r
             x = ddim_step(x, eps, schedule, s, t) if data_prediction else dpm_solver_1(x, eps, schedule, s, t)
             continue
         r = _fractions(schedule, order, s, t, None if inner is None else inner[i])
-        if order == top:
-            r = (r1 if r1 is not None else r[0], *((r2 if r2 is not None else r[1],) if order == 3 else ()))
+        if order == top:  # the user's r1/r2 replace the grid's, as many as the order uses
+            r = tuple(default if given is None else given for given, default in zip((r1, r2), r))
         if data_prediction:
             x = dpmpp_2s(noise_fn, x, schedule, s, t, r1=r[0])
         elif order == 2:
