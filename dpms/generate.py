@@ -106,12 +106,9 @@ def _check_labels(target: Target, class_labels: list[int] | None) -> None:
         raise DpmsError(f"model {target.name!r} is not class-conditional; drop --labels")
     if not class_labels:
         raise DpmsError("--labels is empty; give class indices such as 3,207,980, or omit it for random labels")
-    bad = [y for y in class_labels if not 0 <= y < target.num_classes]
-    if bad:
-        raise DpmsError(
-            f"label {bad[0]} is not a class of {target.name} ({target.num_classes} classes); "
-            f"use labels from 0 to {target.num_classes - 1}"
-        )
+    from .models.checkpoints import check_labels
+
+    check_labels(torch.tensor(class_labels), target.num_classes, target.name)
 
 
 def generate(

@@ -226,13 +226,21 @@ def resolve_checkpoint(preset: str | Preset, checkpoint: str | Path | None = Non
     return found
 
 
-def verify_hash(preset: Preset, path: Path) -> None:
-    """Compare a file with the preset's published md5 / sha256 (no-op when none is published)."""
+def published_hash_mismatch(preset: Preset, path: Path) -> str | None:
+    """The file's digest where it differs from the preset's published md5 / sha256; None where it matches,
+    or where no hash is published (then dpms cannot tell) or `path` is a folder."""
     if preset.hash is None or path.is_dir():
-        return
+        return None
     algorithm, expected = preset.hash
     actual = file_hash(path, algorithm)
-    if actual != expected:
+    return None if actual == expected else actual
+
+
+def verify_hash(preset: Preset, path: Path) -> None:
+    """Compare a file with the preset's published md5 / sha256 (no-op when none is published)."""
+    actual = published_hash_mismatch(preset, path)
+    if actual is not None:
+        algorithm, expected = preset.hash
         raise DpmsError(
             f"{path} has {algorithm} {actual} but preset {preset.name} expects {expected} (the published file); "
             f"it is corrupt or another checkpoint: re-download it ({how_to_get(preset)}), "
@@ -327,7 +335,7 @@ def _network_time_scale(preset: Preset, schedule: NoiseSchedule) -> float:
     return preset.time_scale * schedule.N / table_steps
 
 
-def _check_labels(y: Tensor, classes: int | None, owner: str) -> None:
+def check_labels(y: Tensor, classes: int | None, owner: str) -> None:
     """Labels are one integer class index per sample; out-of-range ones would fail inside an embedding
     (or silently pick a wrong logit) mid-sampling."""
     if y.dim() != 1 or y.is_floating_point() or y.is_complex():
@@ -419,7 +427,7 @@ class LoadedModel:
             raise DpmsError(f"{self.name} is not class-conditional; drop the labels or add classifier guidance")
         if y is not None:
             classes = self.num_classes if self.num_classes is not None else getattr(classifier, "out_channels", None)
-            _check_labels(y, classes, self.name if self.num_classes is not None else "the classifier")
+            check_labels(y, classes, self.name if self.num_classes is not None else "the classifier")
         return self._wrap(
             guidance="classifier" if guided else None,
             guidance_scale=guidance_scale,
@@ -438,8 +446,8 @@ class LoadedModel:
             raise DpmsError("classifier-free guidance needs class labels y and unconditional_y, the network's null label")
         null = torch.as_tensor(unconditional_y, device=y.device)
         null = null.expand_as(y) if null.dim() == 0 else null
-        _check_labels(y, self.num_classes, self.name)
-        _check_labels(null, self.num_classes, self.name)
+        check_labels(y, self.num_classes, self.name)
+        check_labels(null, self.num_classes, self.name)
         if null.shape != y.shape:
             raise DpmsError(f"unconditional_y has shape {tuple(null.shape)} but y has {tuple(y.shape)}; give one null label or one per sample")
         return self._wrap(

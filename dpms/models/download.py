@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DpmsError
-from .checkpoint_formats import file_hash
-from .checkpoints import Preset, as_preset, default_directory
+from .checkpoints import Preset, as_preset, default_directory, published_hash_mismatch
 from .diffusers_format import WEIGHT_FILES, is_complete_folder
 
 Progress = Callable[[str, int, int | None], None]  # (file name, bytes so far, total bytes or None)
@@ -153,7 +152,7 @@ def download(
     if preset.is_folder:
         _fetch_diffusers_folder(preset, destination, progress, timeout)
         return destination
-    damaged = destination.is_file() and not _is_published_file(preset, destination)
+    damaged = destination.is_file() and published_hash_mismatch(preset, destination) is not None
     if destination.is_file() and not damaged:
         return destination
     # A damaged file stays where it is until the new one is complete and verified (`_fetch` renames over it).
@@ -170,12 +169,3 @@ def download(
             ) from None
         raise DpmsError(f"{e}; download it by hand and put it at {destination}") from None
     return destination
-
-
-def _is_published_file(preset: Preset, path: Path) -> bool:
-    """Whether the file at `path` is the published one; without a published hash dpms cannot tell, and keeps it."""
-    if preset.hash is None:
-        return True
-    algorithm, expected = preset.hash
-    return file_hash(path, algorithm) == expected
-
