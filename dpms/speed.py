@@ -378,11 +378,9 @@ def feature_extractor(model: str, device: torch.device):
         extractor = ModuleFeatures(DigitsClassifier().features.to(device), name=FEATURES_NAME)
         description = "digits feature network (random weights), 8-bit images"
     else:
-        from .evaluation.inception import InceptionFeatures, InceptionPool3, build_fid_inception
+        from .evaluation.inception import InceptionFeatures
 
-        extractor = object.__new__(InceptionFeatures)  # InceptionFeatures without its weight file
-        extractor.device = device
-        extractor.network = InceptionPool3(build_fid_inception()).to(device).eval().requires_grad_(False)
+        extractor = InceptionFeatures.random_weights(device)
         description = "pytorch-fid InceptionV3 pool3 (random weights), 8-bit images resized to 299×299"
     convention = get_preset(model).uint8
     return description, lambda x: extractor.from_uint8(to_uint8(x, convention))

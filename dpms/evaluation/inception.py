@@ -146,6 +146,15 @@ class InceptionFeatures(FeatureExtractor):
         self.device = torch.device(device)
         self.network = load_fid_inception(self.weights_path).to(self.device)
 
+    @classmethod
+    def random_weights(cls, device: str | torch.device = "cpu") -> "InceptionFeatures":
+        """The same network with random weights and no weight file: what timing the FID pipeline needs
+        (its cost does not depend on the weights), never a metric."""
+        extractor = cls.__new__(cls)
+        extractor.weights_path, extractor.device = None, torch.device(device)
+        extractor.network = InceptionPool3(build_fid_inception()).to(extractor.device).eval().requires_grad_(False)
+        return extractor
+
     def __call__(self, images: Tensor) -> Tensor:
         return self.features_of_unit_images((images.to(self.device, torch.float32) + 1) / 2)
 
