@@ -71,7 +71,7 @@ class NoiseSchedule:
     t_array: Tensor | None = None  # discrete: (N,) increasing, float64
     log_alpha_array: Tensor | None = None  # discrete: (N,), float64
     name: str = ""
-    grid: dict | None = None  # set by `on_grid`: a time grid and log α, α, σ, λ at its points
+    grid: tuple | None = None  # set by `on_grid`: time grids and log α, α, σ, λ at their points
     # discrete tables converted to a (device, dtype) once: a copy per α/σ/λ call would be a host-to-device
     # transfer, and a stream synchronisation, on every network call of a GPU sampling loop
     _tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -90,31 +90,46 @@ class NoiseSchedule:
         return self._tables[key]
 
     # ------------------------------------------------------------------ a sampling loop's grid
-    def on_grid(self, ts: Tensor) -> "NoiseSchedule":
-        """This schedule with log α, α, σ and λ of every point of the time grid `ts` computed once.
+    def on_grid(self, *grids: Tensor) -> "NoiseSchedule":
+        """This schedule with log α, α, σ, λ and d log α/dt of every point of the time grids computed once.
 
-        A solver steps over 0-d views of `ts` (`for s, t in zip(ts[:-1], ts[1:])`); for those the
-        methods below return the precomputed value (recognised by storage and offset, without reading the
-        tensor, so without a host sync) instead of recomputing the table interpolation every step.
-        Any other time (a singlestep solver's intermediate s₁) is computed as usual.
+        A solver steps over 0-d views of a grid (`for s, t in zip(ts[:-1], ts[1:])`); for those, and for a
+        whole grid tensor, the methods below return the precomputed values (recognised by storage, offset
+        and shape, without reading the tensor, so without a host sync) instead of recomputing the table
+        interpolation every step. `sample` registers the outer grid; a solver with intermediate times (a
+        singlestep solver's s₁, s₂, PNDM's midpoints) computes them for all steps at once and calls
+        `schedule.on_grid(those)`, which keeps the grids already registered. Any other time is computed
+        as usual. Every grid must be contiguous: the solver must step over views of the tensors it passed.
         """
-        ts = ts.contiguous()
-        log_alpha = self.log_alpha(ts)
-        values = {"log_alpha": log_alpha, "alpha": torch.exp(log_alpha), "sigma": self.sigma(ts), "lambda": self.lambda_(ts)}
-        grid = {"ptr": ts.untyped_storage().data_ptr(), "offset": ts.storage_offset(), "n": ts.numel(),
-                "dtype": ts.dtype, "device": ts.device, "values": values}
-        on = replace(self, grid=grid)
+        entries = list(self.grid or ())
+        for ts in grids:
+            if not ts.is_contiguous():
+                raise ValueError("on_grid needs contiguous time tensors (their 0-d views are recognised by offset)")
+            flat = ts.reshape(-1)
+            log_alpha = self.log_alpha(flat)
+            values = {"log_alpha": log_alpha, "alpha": torch.exp(log_alpha), "sigma": self.sigma(flat), "lambda": self.lambda_(flat),
+                      "d_log_alpha_dt": self.d_log_alpha_dt(flat)}
+            # the entry holds the tensor, so its storage (the key) cannot be freed and reused meanwhile
+            entries.append({"tensor": ts, "ptr": ts.untyped_storage().data_ptr(), "offset": ts.storage_offset(), "n": ts.numel(),
+                            "shape": ts.shape, "dtype": ts.dtype, "device": ts.device, "values": values})
+        on = replace(self, grid=tuple(entries))
         object.__setattr__(on, "_tables", self._tables)  # share the converted tables
         return on
 
     def _cached(self, quantity: str, t) -> Tensor | None:
-        grid = self.grid
-        if grid is None or not isinstance(t, Tensor) or t.dim() != 0 or t.dtype != grid["dtype"] or t.device != grid["device"]:
+        if not self.grid or not isinstance(t, Tensor):
             return None
-        if t.untyped_storage().data_ptr() != grid["ptr"]:
-            return None
-        i = t.storage_offset() - grid["offset"]
-        return grid["values"][quantity][i] if 0 <= i < grid["n"] else None
+        ptr = t.untyped_storage().data_ptr()
+        for grid in self.grid:
+            if ptr != grid["ptr"] or t.dtype != grid["dtype"] or t.device != grid["device"]:
+                continue
+            i = t.storage_offset() - grid["offset"]
+            if t.dim() == 0:
+                if 0 <= i < grid["n"]:
+                    return grid["values"][quantity][i]
+            elif i == 0 and t.shape == grid["shape"] and t.is_contiguous():
+                return grid["values"][quantity].reshape(t.shape)
+        return None
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -202,6 +217,8 @@ class NoiseSchedule:
 
     def d_log_alpha_dt(self, t) -> Tensor:
         """d log α_t / dt (= f(t), the drift coefficient of the forward SDE)."""
+        if (cached := self._cached("d_log_alpha_dt", t)) is not None:
+            return cached
         t = _as_tensor(t)
         if self.kind == "discrete":
             idx = torch.searchsorted(self._table("t", t), t.contiguous()).clamp(1, self.N - 1)

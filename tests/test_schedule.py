@@ -115,3 +115,22 @@ def test_on_grid_serves_grid_points_from_the_precomputed_table(schedule):
     assert cached._cached("alpha", other) is None
     torch.testing.assert_close(cached.alpha(other), schedule.alpha(other), rtol=0, atol=0)
     assert cached._cached("alpha", ts.float()[2]) is None  # another dtype is another tensor
+
+
+def test_on_grid_adds_grids_and_serves_their_views_and_whole_tensors():
+    schedule = NoiseSchedule.discrete_linear()
+    ts = torch.linspace(1.0, 1e-3, 6, dtype=torch.float64)
+    mids = torch.rand(5, 2, dtype=torch.float64) * 0.9 + 0.05  # a (steps, 2) table of intermediate times
+    cached = schedule.on_grid(ts).on_grid(mids)
+    assert len(cached.grid) == 2  # the second call keeps the first grid
+    for i in range(5):
+        for k in range(2):  # 0-d views of a 2-D grid, recognised by offset
+            assert cached._cached("sigma", mids[i, k]) is not None
+            torch.testing.assert_close(cached.sigma(mids[i, k]), schedule.sigma(mids[i, k]), rtol=1e-14, atol=0)
+    assert cached._cached("lambda", ts[3]) is not None
+    torch.testing.assert_close(cached.lambda_(ts), schedule.lambda_(ts), rtol=1e-14, atol=0)  # the whole grid
+    assert cached._cached("lambda", ts) is not None and cached._cached("lambda", mids) is not None
+    assert cached._cached("lambda", ts[1:]) is None and cached._cached("lambda", mids[:, 0]) is None  # other views
+    with pytest.raises(ValueError, match="contiguous"):
+        schedule.on_grid(mids.t())
+    assert cached.grid[1]["tensor"] is mids  # held, so its storage cannot be reused while cached

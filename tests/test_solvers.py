@@ -402,3 +402,39 @@ def test_lower_order_final_modes_decide_the_last_steps_order(gmm, mode, steps, l
 def test_unknown_lower_order_final_is_one_line(gmm):
     with pytest.raises(DpmsError, match="unknown lower_order_final 'sometimes'; use one of official, diffusers, always, never"):
         dpms.sample(gmm, gmm.schedule, gmm.prior(2), solver="dpm2m", nfe=5, lower_order_final="sometimes")
+
+
+FIXED_STEP = [name for name, spec in dpms.solvers().items() if not spec.adaptive]
+
+
+@pytest.mark.parametrize("schedule", [NoiseSchedule.discrete_linear(), NoiseSchedule.linear()], ids=["discrete", "continuous"])
+@pytest.mark.parametrize("solver", FIXED_STEP)
+def test_schedule_coefficients_are_computed_per_grid_not_per_step(monkeypatch, schedule, solver):
+    """Every time a loop evaluates α, σ, λ or d log α/dt at — grid points, a singlestep solver's s₁, s₂,
+    PNDM's midpoints, Runge–Kutta stages — is served from the precomputed grid tables: the number of
+    uncached evaluations and of table interpolations does not grow with the number of steps."""
+    import dpms.schedule as schedule_module
+
+    counts = {"miss": 0, "interpolate": 0}
+    cached, interpolate = NoiseSchedule._cached, schedule_module.interpolate
+
+    def counting_cached(self, quantity, t):
+        out = cached(self, quantity, t)
+        counts["miss"] += out is None and isinstance(t, torch.Tensor) and t.dim() == 0
+        return out
+
+    def counting_interpolate(*args):
+        counts["interpolate"] += 1
+        return interpolate(*args)
+
+    monkeypatch.setattr(NoiseSchedule, "_cached", counting_cached)
+    monkeypatch.setattr(schedule_module, "interpolate", counting_interpolate)
+
+    def run(nfe):
+        counts.update(miss=0, interpolate=0)
+        dpms.sample(lambda x, t: 0.1 * x, schedule, torch.randn(4, 2, dtype=torch.float64), solver=solver, nfe=nfe)
+        return dict(counts)
+
+    few, many = run(12), run(24)
+    assert few == many, (few, many)
+    assert few["miss"] <= 4  # the grid's own construction (λ of t_start, t_end)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..errors import DpmsError
 from .registry import register, steps_plan
-from .steps import ddim_step, eval_at
+from .steps import combine, ddim_step, eval_at
 
 PAPER = "PNDM (Liu et al. 2022)"
 
@@ -44,19 +44,22 @@ def _pndm_plan(nfe: int, make_grid, skip: str, **_):
 def pndm(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
     """F-PNDM: pseudo Runge–Kutta warm-up (3 steps × 4 calls), then pseudo linear multistep (AB4)."""
     history: list[Tensor] = []
+    # the warm-up steps' midpoints, and α, σ, λ there, once before the loop
+    mids = ((timesteps[:-1] + timesteps[1:]) / 2)[:3].contiguous()
+    schedule = schedule.on_grid(mids)
     for i, (s, t) in enumerate(zip(timesteps[:-1], timesteps[1:])):
         if i < 3:
-            mid = (s + t) / 2
+            mid = mids[i]
             e1 = eval_at(noise_fn, x, s)
             e2 = eval_at(noise_fn, ddim_step(x, e1, schedule, s, mid), mid)
             e3 = eval_at(noise_fn, ddim_step(x, e2, schedule, s, mid), mid)
             e4 = eval_at(noise_fn, ddim_step(x, e3, schedule, s, t), t)
             history.append(e1)
-            eps = (e1 + 2 * e2 + 2 * e3 + e4) / 6
+            eps = combine((1 / 6, e1), (1 / 3, e2), (1 / 3, e3), (1 / 6, e4))  # (e₁ + 2e₂ + 2e₃ + e₄)/6
         else:
             history.append(eval_at(noise_fn, x, s))
             del history[:-4]
-            eps = (55 * history[-1] - 59 * history[-2] + 37 * history[-3] - 9 * history[-4]) / 24
+            eps = combine(*zip((55 / 24, -59 / 24, 37 / 24, -9 / 24), history[::-1]))  # (55e₀ − 59e₋₁ + 37e₋₂ − 9e₋₃)/24
         x = ddim_step(x, eps, schedule, s, t)
     return x
 
@@ -70,7 +73,7 @@ def spndm(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
         if prev is None:
             eps = (e0 + eval_at(noise_fn, ddim_step(x, e0, schedule, s, t), t)) / 2
         else:
-            eps = (3 * e0 - prev) / 2
+            eps = combine((1.5, e0), (-0.5, prev))  # (3e₀ − e₋₁)/2
         prev = e0
         x = ddim_step(x, eps, schedule, s, t)
     return x

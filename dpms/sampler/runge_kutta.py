@@ -30,9 +30,8 @@ HEUN3 = ((0.0, 1 / 3, 2 / 3), ((), (1 / 3,), (0.0, 2 / 3)), (0.25, 0.0, 0.75))
 RK4 = ((0.0, 0.5, 0.5, 1.0), ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6))
 
 
-def velocity_lambda(noise_fn, schedule, x: Tensor, lam: Tensor) -> Tensor:
-    """dx/dλ = σ² x − σ ε at half log-SNR λ."""
-    t = schedule.inverse_lambda(lam)
+def velocity_lambda(noise_fn, schedule, x: Tensor, t: Tensor) -> Tensor:
+    """dx/dλ = σ² x − σ ε at the half log-SNR λ of time t (the caller maps λ to t = t_λ(λ))."""
     sigma = schedule.sigma(t)
     return sigma**2 * x - sigma * eval_at(noise_fn, x, t)
 
@@ -42,32 +41,46 @@ def velocity_t(noise_fn, schedule, x: Tensor, t: Tensor) -> Tensor:
     return schedule.d_log_alpha_dt(t) * (x - eval_at(noise_fn, x, t) / schedule.sigma(t))
 
 
-def explicit_rk(velocity, x: Tensor, grid: Tensor, tableau) -> Tensor:
-    """Integrate dx/dv = velocity(x, v) over the grid of v with an explicit Runge–Kutta tableau."""
+def explicit_rk(velocity, x: Tensor, grid: Tensor, times: Tensor, tableau) -> Tensor:
+    """Integrate dx/dv = velocity(x, t) over the grid of v with an explicit Runge–Kutta tableau;
+    times[n, i] is the time of stage i of step n (`stage_times`)."""
     c, a, b = tableau
-    for v0, v1 in zip(grid[:-1], grid[1:]):
-        h = v1 - v0
+    h = grid[1:] - grid[:-1]
+    for n in range(len(h)):
         ks = []
-        for c_i, a_i in zip(c, a):
+        for i, a_i in enumerate(a):
             x_i = x
             for a_ij, k_j in zip(a_i, ks):
                 if a_ij:
-                    x_i = x_i + h * a_ij * k_j
-            ks.append(velocity(x_i, v0 + c_i * h))
-        x = x + h * sum(b_i * k for b_i, k in zip(b, ks) if b_i)
+                    x_i = x_i + h[n] * a_ij * k_j
+            ks.append(velocity(x_i, times[n, i]))
+        x = x + h[n] * sum(b_i * k for b_i, k in zip(b, ks) if b_i)
     return x
+
+
+def stage_times(grid: Tensor, tableau, to_time=None) -> Tensor:
+    """(steps, stages): the stage points v_n + c_i h_n of every step at once, mapped to times by
+    `to_time` (t_λ for a grid in λ), so that α, σ there are computed once (`NoiseSchedule.on_grid`)."""
+    c = torch.tensor(tableau[0], dtype=grid.dtype, device=grid.device)
+    stages = grid[:-1, None] + c * (grid[1:] - grid[:-1])[:, None]
+    return (stages if to_time is None else to_time(stages)).contiguous()
 
 
 def _rk_lambda(tableau):
     def solve(noise_fn, schedule, x, timesteps):
-        return explicit_rk(lambda y, lam: velocity_lambda(noise_fn, schedule, y, lam), x, schedule.lambda_(timesteps), tableau)
+        lam = schedule.lambda_(timesteps)
+        times = stage_times(lam, tableau, schedule.inverse_lambda)
+        on = schedule.on_grid(times)
+        return explicit_rk(lambda y, t: velocity_lambda(noise_fn, on, y, t), x, lam, times, tableau)
 
     return solve
 
 
 def _rk_t(tableau):
     def solve(noise_fn, schedule, x, timesteps):
-        return explicit_rk(lambda y, t: velocity_t(noise_fn, schedule, y, t), x, timesteps, tableau)
+        times = stage_times(timesteps, tableau)
+        on = schedule.on_grid(times)
+        return explicit_rk(lambda y, t: velocity_t(noise_fn, on, y, t), x, timesteps, times, tableau)
 
     return solve
 
@@ -96,7 +109,7 @@ def solve_ivp_torch(noise_fn, schedule, x: Tensor, t_start, t_end, variable: str
     def fun(v, y):
         xt = torch.from_numpy(y).reshape(shape).to(device=device, dtype=dtype)
         vt = torch.tensor(v, dtype=dtype, device=device)
-        vel = velocity_t(noise_fn, schedule, xt, vt) if variable == "t" else velocity_lambda(noise_fn, schedule, xt, vt)
+        vel = velocity_t(noise_fn, schedule, xt, vt) if variable == "t" else velocity_lambda(noise_fn, schedule, xt, schedule.inverse_lambda(vt))
         return vel.reshape(-1).to("cpu", torch.float64).numpy()
 
     if variable == "t":

@@ -74,37 +74,52 @@ def _fixed_nfe_message(order: int, nfe: int) -> str:
     return f"order_plan='fixed' with order {order} needs an NFE divisible by {order}, got {nfe}; nearest valid: {near}"
 
 
-def _fractions(schedule, order: int, s: Tensor, t: Tensor, points: Tensor | None) -> tuple:
-    """(r₁,) or (r₁, r₂) of a step of `order` from s to t: λ-fractions of its inner points, or the
-    λ-uniform ½ and ⅓, ⅔ when it has none (logSNR grid, explicit timesteps)."""
-    if points is None:
-        return tuple(k / order for k in range(1, order))
-    lam = schedule.lambda_(points[1:-1])
-    lam_s, lam_t = schedule.lambda_(s), schedule.lambda_(t)
-    return tuple((lam[k] - lam_s) / (lam_t - lam_s) for k in range(order - 1))
+def _intermediate_times(schedule, timesteps: Tensor, orders: list[int], inner, r1, r2) -> tuple[Tensor, Tensor]:
+    """(r, s_mid), both (steps, 2): each step's λ-fractions r₁, r₂ and intermediate times
+    s_k = t_λ(λ_s + r_k h), computed for all steps at once before the loop.
+
+    The fractions are those of the step's inner points, (λ_{s_k} − λ_s)/h, or the λ-uniform ½ and ⅓, ⅔
+    when it has none (logSNR grid, explicit timesteps); r1/r2, if given, replace them in the steps of the
+    solver's own (highest) order. As the official solver, s_k is then t_λ(λ_s + r_k h) (for inner
+    points equal to them up to round-off). Unused entries (a 2nd-order step's r₂, a 1st-order step's
+    both) are 1, i.e. s_k = t.
+    """
+    lam = schedule.lambda_(timesteps)
+    lam_s, h = lam[:-1], lam[1:] - lam[:-1]
+    like = dict(dtype=timesteps.dtype, device=timesteps.device)
+    if inner is None:
+        r = torch.tensor([[k / o if k < o else 1.0 for k in (1, 2)] for o in orders], **like)
+    else:  # the inner points, padded with the step's end, in one gather
+        points = torch.stack([pts[k] if k < order else pts[-1] for pts, order in zip(inner, orders) for k in (1, 2)])
+        r = (schedule.lambda_(points).reshape(-1, 2) - lam_s[:, None]) / h[:, None]
+    top = max(orders)
+    given = [(k, v) for k, v in enumerate((r1, r2)[: top - 1]) if v is not None]
+    if given:
+        rows = torch.tensor([o == top for o in orders], device=timesteps.device)
+        for k, value in given:
+            r[:, k] = torch.where(rows, torch.as_tensor(float(value), **like), r[:, k])
+    return r, schedule.inverse_lambda(lam_s[:, None] + r * h[:, None]).contiguous()
 
 
 def _singlestep(noise_fn, schedule, x, timesteps, orders, inner=None, r1=None, r2=None, data_prediction=False):
     """Singlestep steps of the given orders. r1/r2, if given, replace the grid's fractions in the
-    steps of the solver's own (highest) order."""
+    steps of the solver's own (highest) order. The intermediate times of all steps, and α, σ, λ there,
+    are computed once before the loop (`_intermediate_times`, `NoiseSchedule.on_grid`)."""
     if len(orders) != len(timesteps) - 1:  # explicit timesteps: use the solver's order on every step
         orders, inner = [max(orders)] * (len(timesteps) - 1), None
-    top = max(orders)
+    r, s_mid = _intermediate_times(schedule, timesteps, orders, inner, r1, r2)
+    schedule = schedule.on_grid(s_mid)
     for i, order in enumerate(orders):
         s, t = timesteps[i], timesteps[i + 1]
         if order == 1:
             eps = eval_at(noise_fn, x, s)
             x = ddim_step(x, eps, schedule, s, t) if data_prediction else dpm_solver_1(x, eps, schedule, s, t)
-            continue
-        r = _fractions(schedule, order, s, t, None if inner is None else inner[i])
-        if order == top:  # the user's r1/r2 replace the grid's, as many as the order uses
-            r = tuple(default if given is None else given for given, default in zip((r1, r2), r))
-        if data_prediction:
-            x = dpmpp_2s(noise_fn, x, schedule, s, t, r1=r[0])
+        elif data_prediction:
+            x = dpmpp_2s(noise_fn, x, schedule, s, t, r1=r[i, 0], s1=s_mid[i, 0])
         elif order == 2:
-            x = dpm_solver_2(noise_fn, x, schedule, s, t, r1=r[0])[0]
+            x = dpm_solver_2(noise_fn, x, schedule, s, t, r1=r[i, 0], s1=s_mid[i, 0])[0]
         else:
-            x = dpm_solver_3(noise_fn, x, schedule, s, t, r1=r[0], r2=r[1])
+            x = dpm_solver_3(noise_fn, x, schedule, s, t, r1=r[i, 0], r2=r[i, 1], s1=s_mid[i, 0], s2=s_mid[i, 1])
     return x
 
 
