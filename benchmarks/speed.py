@@ -57,6 +57,40 @@ def num(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def interval(ci) -> str:
+    return "–" if not ci else f"{ci[0]:.3f}–{ci[1]:.3f}"
+
+
+def verdicts(rows: list[dict], info: dict) -> list[str]:
+    """The targets' status, computed from the rows (nothing here is typed in by hand)."""
+    name = lambda r: f"{r['model']} {r['solver']} {r['dtype']}"  # noqa: E731
+    out = []
+    cpu = "gpu" not in info
+    target_model, target = ("digits", 1.05) if cpu else ("cifar10-ddpm", 1.02)
+    mine = [r for r in rows if r["model"] == target_model]
+    if mine:
+        worst = max(mine, key=lambda r: r["overhead"])
+        met = all(r["overhead"] <= target for r in mine)
+        out.append(f"- overhead ≤ {target} ({target_model}, {'CPU' if cpu else 'GPU'}): {'met' if met else 'NOT met'} — "
+                   f"largest median {worst['overhead']:.3f} ({name(worst)})" + ("" if met else ": " + ", ".join(
+                       f"{name(r)} {r['overhead']:.3f}" for r in mine if r["overhead"] > target)))
+    paired = [r for r in rows if r["vs_diffusers"] is not None]
+    if paired:
+        below = [r for r in paired if r["vs_diffusers"] < 1.0]
+        slower = [r for r in below if r.get("vs_diffusers_ci") and r["vs_diffusers_ci"][1] < 1.0]
+        out.append(f"- vs_diffusers ≥ 1.0 (whole loop): median ≥ 1 in {len(paired) - len(below)} of {len(paired)} rows; "
+                   + ("below 1 but with 1 inside the 95 % CI (not distinguishable from equal speed): "
+                      + ", ".join(f"{name(r)} {r['vs_diffusers']:.3f}" for r in below if r not in slower) if below else "none below 1")
+                   + ("; significantly slower than diffusers (CI below 1): " + ", ".join(f"{name(r)} {r['vs_diffusers']:.3f}" for r in slower) if slower else "; in no row is dpms significantly slower"))
+        null_below = [r for r in paired if r["vs_diffusers_null"] < 1.0]
+        out.append(f"- solver's own cost (null network) ≤ diffusers': {len(paired) - len(null_below)} of {len(paired)} rows"
+                   + (" — not in: " + ", ".join(f"{name(r)} {r['vs_diffusers_null']:.2f}×" for r in null_below) if null_below else ""))
+    if cpu:
+        out.append("- GPU targets (overhead ≤ 1.02 for the CIFAR-10 network, images/s and the 50k-FID time in bf16/fp32): "
+                   "not measured on this machine; `python benchmarks/speed.py --device cuda` writes them to results/speed/cuda.md.")
+    return out
+
+
 def markdown(rows: list[dict], info: dict, command: str) -> str:
     mib = lambda b: "–" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
     lines = [
@@ -66,7 +100,8 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
         "repeats. forward = one bare network call net(x, t_in) at the batch, without dpms's model wrapper (the floor);",
         "overhead = dpms loop / (NFE × forward), the wrapper counted as dpms's cost; vs_diffusers = diffusers' loop",
         "time / dpms's for the same bare network, batch, NFE and solver (> 1: dpms faster); both ratios are medians of",
-        "the per-repeat ratios (the runs of one repeat are back to back). null ms = one loop with a network that returns",
+        "the per-repeat ratios (the runs of one repeat are back to back, in reverse order every other repeat), with a",
+        "distribution-free 95 % confidence interval of that median (CI). null ms = one loop with a network that returns",
         "a precomputed prediction: the solver's (dpms: and wrapper's) own cost, free of the network's timing noise;",
         "null × = diffusers' null loop / dpms's. dtype: what the network ran in (gmm: its closed-form ε, float64).",
         "FID 50k = sampling 50,000 images + their features (8-bit images as `dpms bench` quantises them, then",
@@ -74,16 +109,16 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
         "gmm: data space), timed at min(batch, 50) on CPU and min(batch, 500) on CUDA. Memory: the peak of one",
         "forward pass and of the whole loop; solver state = their difference in copies of the batch.",
         "",
-        "| model | solver | NFE | batch | dtype | forward ms | loop ms | overhead | diffusers scheduler | diffusers ms | vs_diffusers "
+        "| model | solver | NFE | batch | dtype | forward ms | loop ms | overhead | diffusers scheduler | diffusers ms | vs_diffusers | vs_diffusers CI "
         "| null ms dpms | null ms diffusers | null × | images/s | sampling 50k (min) | features 50k (min) | FID 50k (min) "
         "| peak fwd MiB | peak loop MiB | solver state (batches) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']}{' (random weights)' if r.get('random_weights') else ''} | {r['solver']} | {r['nfe']} | {r['batch']} | {r['dtype']} | "
             f"{r['forward_seconds'] * 1e3:.2f} | {r['loop_seconds'] * 1e3:.1f} | {r['overhead']:.3f} | {r['diffusers_scheduler'] or '–'} | "
-            f"{num(r['diffusers_seconds'] and r['diffusers_seconds'] * 1e3, '.1f')} | {num(r['vs_diffusers'], '.3f')} | "
+            f"{num(r['diffusers_seconds'] and r['diffusers_seconds'] * 1e3, '.1f')} | {num(r['vs_diffusers'], '.3f')} | {interval(r.get('vs_diffusers_ci'))} | "
             f"{num(r['null_loop_ms_dpms'], '.2f')} | {num(r['null_loop_ms_diffusers'], '.2f')} | {num(r['vs_diffusers_null'], '.2f')} | "
             f"{r['images_per_second']:.1f} | {r['sampling_50k_seconds'] / 60:.1f} | {r['features_50k_seconds'] / 60:.1f} | "
             f"{r['fid50k_seconds'] / 60:.1f} | {mib(r['peak_forward_bytes'])} | "
@@ -91,6 +126,7 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
         )
     features = sorted({(r['model'], r['feature_network']) for r in rows})
     lines += ["", "Feature networks: " + "; ".join(f"{model}: {network}" for model, network in features) + "."]
+    lines += ["", "## Targets (issue 6), read off the table above", "", *verdicts(rows, info)]
     return "\n".join(lines) + "\n"
 
 

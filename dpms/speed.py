@@ -15,7 +15,12 @@ overhead. `measure_speed` times, in one run and interleaved so that all see the 
   `null_loop_ms_diffusers`, milliseconds per loop): the solver's own cost, without the network's noise,
 
 and reports overhead = loop / (NFE × forward) and vs_diffusers = diffusers / dpms (> 1: dpms faster), each
-the median over the repeats of that repeat's ratio; vs_diffusers_null is the same ratio of the null loops.
+the median over the repeats of that repeat's ratio, with a distribution-free 95 % confidence interval of
+that median (`median_interval`; from 6 repeats); vs_diffusers_null is the same ratio of the null loops. The
+runners take turns in each repeat, in reverse order every other repeat. Both loops make the same network
+calls, so vs_diffusers differs from 1 by the solvers' own costs — tenths of a percent of a loop — and by the
+network's timing noise, which on a shared CPU is several percent: there the null-network ratio decides
+which solver costs more, and the interval says whether the whole-loop ratio could be ≥ 1.
 Peak memory of the loop is reported next to the peak of one forward pass: the difference, in units
 of the batch's size, is what the solver keeps alive (its O(order) history).
 
@@ -87,6 +92,8 @@ class SpeedReport:
     diffusers_scheduler: str | None = None
     diffusers_seconds: float | None = None  # median, diffusers' scheduler driving the bare network
     vs_diffusers: float | None = None  # diffusers time / dpms time
+    vs_diffusers_ci: tuple | None = None  # distribution-free ≥ 95 % interval of that median (`median_interval`)
+    overhead_ci: tuple | None = None  # the same for the overhead
     null_loop_ms_dpms: float | None = None  # median ms per dpms loop with a network returning a precomputed tensor
     null_loop_ms_diffusers: float | None = None  # the same for diffusers' scheduler
     vs_diffusers_null: float | None = None  # null_loop_ms_diffusers / null_loop_ms_dpms (median of per-repeat ratios)
@@ -108,6 +115,21 @@ class SpeedReport:
 
 
 # ------------------------------------------------------------------------------------- timing
+def median_interval(values, level: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval (coverage ≥ level) for the median of i.i.d. `values`:
+    (x₍ₖ₎, x₍ₙ₊₁₋ₖ₎) of the sorted values, with k the largest for which P(Binomial(n, ½) < k) ≤ (1 − level)/2.
+    None when n is too small for any interval to reach that coverage (n < 6 at 95 %)."""
+    xs = sorted(values)
+    n = len(xs)
+    tail, k = 0.0, 0  # tail = P(Binomial(n, ½) ≤ k − 1)
+    while True:
+        nxt = tail + math.comb(n, k) / 2**n
+        if nxt > (1 - level) / 2:
+            break
+        tail, k = nxt, k + 1
+    return None if k == 0 else (xs[k - 1], xs[n - k])
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -332,8 +354,8 @@ def auto_batch(forward_at, device: torch.device, start: int = 16, limit: int = 8
 
     On CUDA: the largest power of two (up to `limit`) whose forward pass fits in memory while
     `extra_copies` further copies of the batch are allocated, the headroom the sampling loop needs for
-    the solver's own state (`solver_copies`: order-dependent, 7 batches for DDIM, 9 for DPM-Solver-3, 13–14
-    for the third-order multistep solvers and PNDM; `measure_speed` adds 2 for diffusers' scheduler, whose
+    the solver's own state (`solver_copies`: order-dependent, 5 batches for DDIM, 9 for DPM-Solver-3, 12 for PNDM,
+    13–14 for the third-order multistep solvers; `measure_speed` adds 2 for diffusers' scheduler, whose
     history is about as long). `forward_at(batch, hold)` runs one forward pass at `batch` while holding
     `hold` copies of it. Sized by the forward pass alone, the batch would leave the loop out of memory.
     On CPU: the power of two after which images/s stop improving by 5 %.
@@ -523,8 +545,12 @@ def measure_speed(
         if name in runners:
             inner[name] = max(1, min(1000, math.ceil(0.02 / max(_timed(runners[name], dev), 1e-6))))
     timings = {name: [] for name in runners}
+    order = list(runners)
     for i in range(repeats):
-        for name, fn in runners.items():  # interleaved: every runner sees the same machine state
+        # interleaved, so every runner sees the same machine state, and in reverse order every other
+        # repeat (A B … B A), so that a drift within a repeat favours no runner
+        for name in order if i % 2 == 0 else order[::-1]:
+            fn = runners[name]
             k = inner[name]
             timings[name].append(_timed(fn if k == 1 else lambda: [fn() for _ in range(k)], dev) / k)
         if progress is not None:
@@ -533,8 +559,10 @@ def measure_speed(
     nfe_used = info["sample"].nfe
     # Ratios are medians of per-repeat ratios: the runs of one repeat are back to back, so they share the
     # machine's state, and the ratio cancels the drift that moves every median by several percent.
-    ratio = lambda a, b: statistics.median(x / y for x, y in zip(timings[a], timings[b])) if a in timings else None  # noqa: E731
-    overhead = statistics.median(loop / (nfe_used * fwd) for loop, fwd in zip(timings["dpms"], timings["forward"]))
+    ratios = lambda a, b: [x / y for x, y in zip(timings[a], timings[b])] if a in timings else None  # noqa: E731
+    ratio = lambda a, b: statistics.median(ratios(a, b)) if a in timings else None  # noqa: E731
+    overheads = [loop / (nfe_used * fwd) for loop, fwd in zip(timings["dpms"], timings["forward"])]
+    overhead = statistics.median(overheads)
     sampling_50k = 50_000 * median["dpms"] / batch
     features = feature_cost(model, shape, dev, batch, repeats)
     report = SpeedReport(
@@ -546,6 +574,8 @@ def measure_speed(
         diffusers_scheduler=scheduler_name,
         diffusers_seconds=median.get("diffusers"),
         vs_diffusers=ratio("diffusers", "dpms"),
+        vs_diffusers_ci=median_interval(ratios("diffusers", "dpms")) if "diffusers" in timings else None,
+        overhead_ci=median_interval(overheads),
         null_loop_ms_dpms=1e3 * median["null_dpms"],
         null_loop_ms_diffusers=1e3 * median["null_diffusers"] if "null_diffusers" in median else None,
         vs_diffusers_null=ratio("null_diffusers", "null_dpms"),
@@ -563,6 +593,10 @@ def measure_speed(
     return report
 
 
+def _interval(ci) -> str:
+    return f" [95 % CI {ci[0]:.3f}–{ci[1]:.3f}]" if ci else ""
+
+
 def format_report(r: SpeedReport) -> list[str]:
     """Human-readable lines of a report."""
     mib = lambda b: f"{b / 2**20:.1f} MiB" if b is not None else "—"  # noqa: E731
@@ -571,14 +605,14 @@ def format_report(r: SpeedReport) -> list[str]:
         f"{r.model} · {r.solver} · NFE {r.nfe} · batch {r.batch} · {r.device} {precision}"
         + (" · compiled" if r.compile else "") + (" · channels_last" if r.channels_last else ""),
         f"bare forward {r.forward_seconds * 1e3:.2f} ms · dpms loop {r.loop_seconds * 1e3:.2f} ms · "
-        f"overhead {r.overhead:.3f} (loop / (NFE × bare forward)) · {r.images_per_second:.1f} images/s · "
+        f"overhead {r.overhead:.3f}{_interval(r.overhead_ci)} (loop / (NFE × bare forward)) · {r.images_per_second:.1f} images/s · "
         f"{r.seconds_per_image * 1e3:.3f} ms/image",
         f"solver alone (null network): dpms {r.null_loop_ms_dpms:.3f} ms/loop"
         + (f", diffusers {r.null_loop_ms_diffusers:.3f} ms/loop → {r.vs_diffusers_null:.2f}×" if r.null_loop_ms_diffusers is not None else ""),
     ]
     if r.vs_diffusers is not None:
         lines.append(f"diffusers {r.diffusers_scheduler} on the bare network: {r.diffusers_seconds * 1e3:.2f} ms → "
-                     f"vs_diffusers {r.vs_diffusers:.3f} (> 1: dpms faster)")
+                     f"vs_diffusers {r.vs_diffusers:.3f}{_interval(r.vs_diffusers_ci)} (> 1: dpms faster)")
     lines.append(f"50k-sample FID run ≈ {r.fid50k_seconds / 60:.1f} min: sampling {r.sampling_50k_seconds / 60:.1f} min + "
                  f"features {r.features_50k_seconds / 60:.1f} min ({r.feature_network}, timed at batch {r.feature_batch})")
     if r.peak_loop_bytes is not None:

@@ -210,10 +210,10 @@ def test_fixed_step_loops_never_synchronise_with_the_host(gmm, discrete, kind, s
     assert reads == 0, ops
 
 
-# Measured peaks (batches): ddim 6, dpm2 7, dpm3 8, dpm2m 7, dpm3m 12, dpmpp3m 13, pndm 14, spndm 7 — the
+# Measured peaks (batches): ddim 4, dpm2 7, dpm3 8, dpm2m 7, dpm3m 12, dpmpp3m 13, pndm 12 (11 at NFE 15), spndm 5 — the
 # solver's history (≤ 4 ε's for PNDM's AB4) plus the temporaries of one update expression.
-@pytest.mark.parametrize("solver,nfe,copies", [("ddim", 10, 6), ("dpm3", 12, 8), ("dpm2m", 12, 7), ("dpm3m", 12, 12),
-                                               ("dpmpp3m", 12, 13), ("pndm", 15, 14), ("spndm", 10, 7)])
+@pytest.mark.parametrize("solver,nfe,copies", [("ddim", 10, 4), ("dpm3", 12, 8), ("dpm2m", 12, 7), ("dpm3m", 12, 12),
+                                               ("dpmpp3m", 12, 13), ("pndm", 15, 12), ("spndm", 10, 5)])
 def test_solver_state_is_a_few_copies_of_the_batch_and_does_not_grow_with_nfe(gmm, solver, nfe, copies):
     """Peak live memory of a whole loop, with a network whose own footprint is one output, stays within
     a fixed number of batches however many steps are taken: O(order) tensors, not one per step."""
@@ -359,7 +359,7 @@ def test_solver_copies_are_the_measured_peak_of_the_loop(gmm, solver, nfe):
     from dpms.speed import solver_copies
 
     copies = solver_copies(solver, gmm.schedule, (3, 8, 8), nfe, torch.float32)
-    measured = {"ddim": 6, "dpm3": 8, "dpm3m": 12, "pndm": 14}[solver]
+    measured = {"ddim": 4, "dpm3": 8, "dpm3m": 12, "pndm": 11}[solver]
     assert measured <= copies <= measured + 1
 
 
@@ -420,3 +420,47 @@ def test_channels_last_and_automatic_batch():
     assert r.channels_last and r.nfe == 2
     r = measure_speed("gmm", "ddim", 2, batch="auto", repeats=1, diffusers=False, memory=False)
     assert r.batch >= 16 and r.batch & (r.batch - 1) == 0  # a power of two where images/s stopped improving
+
+
+def test_median_interval_is_the_binomial_order_statistic_interval():
+    from dpms.speed import median_interval
+
+    assert median_interval(range(5)) is None  # P(all on one side) = 1/16 > 2.5 %: no 95 % interval from 5
+    assert median_interval([3, 1, 2, 0, 6, 5, 4]) == (0, 6)  # n = 7: k = 1 (tail 1/128)
+    assert median_interval(range(1, 10)) == (2, 8)  # n = 9: k = 2 (tail 10/512 ≤ 2.5 % < 46/512)
+    assert median_interval(range(1, 16)) == (4, 12)  # n = 15: k = 4 (tail 576/32768)
+    # coverage: for n = 9 the interval (x₂, x₈) misses the median with probability 2·10/512
+    g = torch.Generator().manual_seed(0)
+    draws = torch.randn(4000, 9, generator=g)
+    missed = sum(not (lo <= 0.0 <= hi) for lo, hi in (median_interval(row.tolist()) for row in draws))
+    assert abs(missed / 4000 - 20 / 512) < 0.012
+
+
+def test_report_carries_the_intervals_of_its_medians():
+    r = measure_speed("gmm", "ddim", 4, batch=8, repeats=7, memory=False)
+    ratios = sorted(d / a for d, a in zip(r.samples["diffusers"], r.samples["dpms"]))
+    assert r.vs_diffusers_ci == (ratios[0], ratios[-1])
+    assert r.overhead_ci[0] <= r.overhead <= r.overhead_ci[1]
+    assert "95 % CI" in "\n".join(format_report(r))
+
+
+def test_benchmark_verdicts_are_read_off_the_rows():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+    spec = importlib.util.spec_from_file_location("benchmark_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = lambda solver, overhead, vs, ci, null: {"model": "digits", "solver": solver, "dtype": "fp32", "overhead": overhead,  # noqa: E731
+                                                  "vs_diffusers": vs, "vs_diffusers_ci": ci, "vs_diffusers_null": null}
+    rows = [row("ddim", 1.01, 1.02, (0.99, 1.05), 1.4), row("dpm3", 1.04, 0.98, (0.95, 1.01), 1.1), row("pndm", 1.07, 0.95, (0.93, 0.97), 0.9)]
+    text = "\n".join(bench.verdicts(rows, {"cpu": "x"}))
+    assert "overhead ≤ 1.05 (digits, CPU): NOT met" in text and "digits pndm fp32 1.070" in text
+    assert "median ≥ 1 in 1 of 3 rows" in text
+    assert "inside the 95 % CI (not distinguishable from equal speed): digits dpm3 fp32 0.980" in text
+    assert "significantly slower than diffusers (CI below 1): digits pndm fp32 0.950" in text
+    assert "≤ diffusers': 2 of 3 rows — not in: digits pndm fp32 0.90×" in text
+    assert "GPU targets" in text and "not measured" in text
+    good = "\n".join(bench.verdicts(rows[:1], {"cpu": "x"}))
+    assert "overhead ≤ 1.05 (digits, CPU): met" in good and "in no row is dpms significantly slower" in good
