@@ -93,6 +93,15 @@ def solvers_command() -> None:
     console.print(table)
 
 
+def _parse_batch(batch: str) -> int | str:
+    """--batch: a positive integer or 'auto'."""
+    if batch == "auto":
+        return batch
+    if not batch.isdigit() or int(batch) < 1:
+        raise DpmsError(f"--batch takes a positive integer or 'auto', got {batch!r}")
+    return int(batch)
+
+
 def _parse_options(option: list[str]) -> dict:
     """--option key=value (value parsed as YAML: numbers, booleans, strings)."""
     import yaml
@@ -122,12 +131,15 @@ def sample_command(
     solver: str = typer.Option("dpm3", help="solver name (see `dpms solvers`)"),
     nfe: Optional[int] = typer.Option(10, help="network evaluations per sample (ignored by adaptive solvers)"),
     num: int = typer.Option(64, help="number of samples"),
-    batch: int = typer.Option(64, help="samples per batch"),
+    batch: str = typer.Option("64", help="samples per batch, or 'auto' (CUDA: the largest that fits with the solver's state; CPU: best samples/s)"),
     seed: int = typer.Option(0, help="sample i uses noise derived from (seed, i)"),
     out: Path = typer.Option(Path("out/samples"), help="output folder"),
     checkpoint: Optional[str] = typer.Option(None, help="checkpoint file or folder (default: look up the preset's file)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("fp32", help="network precision: fp32, fp16 or bf16 (autocast)"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the network"),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network (CUDA only)"),
+    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format for network and batch"),
     skip: Optional[str] = typer.Option(None, help="time grid: logSNR, time_uniform, time_quadratic, discrete_uniform, discrete_quadratic"),
     t_end: Optional[float] = typer.Option(None, help="end time ε of the grid (default: the schedule's: 1/N for discrete models, 1e-3 for score_sde's continuous VP; DPM-Solver uses 1e-4 above 15 NFE there)"),
     classifier: Optional[str] = typer.Option(None, help="noisy classifier checkpoint for classifier guidance"),
@@ -144,7 +156,16 @@ def sample_command(
     get_solver(solver)  # unknown solver: fail before loading anything
     options = _parse_options(option)
     class_labels = _parse_labels(labels)
-    target = load_target(model, checkpoint, device, dtype, classifier, guidance_scale, verify_hash=not no_verify)
+    batch_size = _parse_batch(batch)
+    target = load_target(model, checkpoint, device, dtype, classifier, guidance_scale, verify_hash=not no_verify,
+                         channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs)
+    if batch_size == "auto":
+        from .generate import auto_batch_size
+
+        batch = auto_batch_size(target, solver, nfe, device)
+        console.print(f"--batch auto: {batch}", highlight=False)
+    else:
+        batch = batch_size
     summary = generate(
         target, solver, nfe, num, batch, seed, out, device=device, skip=skip, t_end=t_end,
         class_labels=class_labels, save_png=not no_png, console=console, **options,
@@ -320,6 +341,9 @@ def bench_command(
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ... (under torchrun: cuda = one GPU per local rank)"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice, one per core)"),
     save_images: bool = typer.Option(False, "--save-images", help="also write every sample as a PNG under OUT/images/"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the network (results are the same cells)"),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network (CUDA only)"),
+    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format for network and batch"),
     features: Optional[str] = typer.Option(None, help="inception, digits or exact (replaces the config's)"),
     ref_stats: Optional[str] = typer.Option(None, help="reference statistics .npz (mu, sigma)"),
     inception_weights: Optional[str] = typer.Option(None, help="pytorch-fid Inception weights file (pt_inception-2015-12-05-6726825d.pth)"),
@@ -346,7 +370,8 @@ def bench_command(
         import torch
 
         torch.set_num_threads(threads)
-    result = run_benchmark(settings, out, device=device, save_images=save_images, console=console)
+    acceleration = {"compile": compile, "cuda_graphs": cuda_graphs, "channels_last": channels_last}
+    result = run_benchmark(settings, out, device=device, save_images=save_images, console=console, acceleration=acceleration)
     if result.document is None:  # not rank 0 of a torchrun group: rank 0 reports
         return
     console.print(result.table)
@@ -427,10 +452,8 @@ def speed_command(
         import torch
 
         torch.set_num_threads(threads)
-    if batch != "auto" and not batch.isdigit():
-        raise DpmsError(f"--batch takes a positive integer or 'auto', got {batch!r}")
     report = measure_speed(
-        model, solver, nfe, batch if batch == "auto" else int(batch), device, dtype, compile=compile, cuda_graphs=cuda_graphs,
+        model, solver, nfe, _parse_batch(batch), device, dtype, compile=compile, cuda_graphs=cuda_graphs,
         channels_last=channels_last, repeats=repeats, checkpoint=checkpoint, random_weights=random_weights,
         diffusers=not no_diffusers,
     )

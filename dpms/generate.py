@@ -38,6 +38,13 @@ class Target:
     num_classes: int | None = None
     extra: dict = field(default_factory=dict)
     uint8: str = "floor"  # quantisation of image samples (dpms.images.to_uint8), the preset's `uint8`
+    memory_format: torch.memory_format = torch.contiguous_format  # of the batch x_T (channels_last: NHWC)
+
+    def initial_noise(self, idx: list[int], seed: int, device, dtype: torch.dtype) -> torch.Tensor:
+        """x_T of samples `idx` (`dpms.sampler.noise.initial_noise`), in the target's memory format
+        (the solvers' elementwise updates keep the batch's layout, so it is converted once)."""
+        x_T = initial_noise(self.shape, idx, seed, device=device, dtype=dtype)
+        return x_T.contiguous(memory_format=self.memory_format) if len(self.shape) == 3 else x_T
 
 
 def load_target(
@@ -48,8 +55,13 @@ def load_target(
     classifier: str | None = None,
     guidance_scale: float = 0.0,
     verify_hash: bool = True,
+    channels_last: bool = False,
+    compile: bool = False,
+    cuda_graphs: bool = False,
 ) -> Target:
     """Resolve `--model` (the exact `gmm` or a checkpoint preset) into a sampling target.
+
+    channels_last / compile / cuda_graphs: how the network runs (`dpms.models.acceleration.accelerate`).
 
     Labels are drawn for class-conditional networks, and for an unconditional network guided by a
     classifier (guided-diffusion's 256×256 unconditional model): there they only choose the class whose
@@ -58,6 +70,9 @@ def load_target(
     if dtype not in DTYPES:
         raise DpmsError(f"unknown --dtype {dtype!r}; use fp32, fp16 or bf16")
     if model == "gmm":
+        if dtype != "fp32" or channels_last or compile or cuda_graphs:
+            raise DpmsError("gmm is the closed-form ε of a Gaussian mixture, computed in float64, not a network: "
+                            "--dtype, --compile, --cuda-graphs and --channels-last do not apply to it")
         from .models import GaussianMixture
 
         gmm = GaussianMixture.default()
@@ -65,6 +80,10 @@ def load_target(
     from .models import checkpoints
 
     loaded = checkpoints.load(model, checkpoint=checkpoint, device=device, verify_hash=verify_hash)
+    if channels_last or compile or cuda_graphs:
+        from .models.acceleration import accelerate
+
+        loaded.net = accelerate(loaded.net, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs)
     clf = None
     label_classes = loaded.num_classes
     if classifier is not None or guidance_scale:
@@ -78,7 +97,33 @@ def load_target(
         return loaded.noise_fn(y=y, guidance_scale=guidance_scale, classifier=clf, autocast_dtype=autocast)
 
     return Target(model, loaded.schedule, tuple(loaded.image_shape), True, make_noise_fn, label_classes,
-                  uint8=loaded.preset.uint8)
+                  uint8=loaded.preset.uint8, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def auto_batch_size(target: Target, solver: str, nfe: int | None, device: str = "cpu", limit: int = 8192) -> int:
+    """`--batch auto`: on CUDA the largest power of two whose forward pass fits in memory next to the
+    copies of the batch the solver keeps (`dpms.speed.solver_copies`, measured), on CPU the power of two
+    after which samples/s stop improving by 5 % (`dpms.speed.auto_batch`). Probes with the target's own
+    noise predictor (labels, guidance, dtype, acceleration) at t = T/2."""
+    from .speed import auto_batch, solver_copies
+
+    dev = torch.device(device)
+    dtype = torch.float64 if target.name == "gmm" else torch.float32
+    adaptive = sampler.get_solver(solver).adaptive
+    extra = solver_copies(solver, target.schedule, target.shape, nfe or 10, dtype) + 1 if dev.type == "cuda" and not adaptive else 0
+    if dev.type == "cuda" and adaptive:
+        extra = 8  # the adaptive solvers keep x, x_prev and two candidate steps with their ε's
+
+    def forward_at(b: int, hold: int = 0):
+        held = [torch.empty((b, *target.shape), dtype=dtype, device=dev) for _ in range(hold)]  # noqa: F841 (headroom)
+        y = labels(target.num_classes, list(range(b)), 0).to(dev) if target.num_classes else None
+        x = torch.randn((b, *target.shape), dtype=dtype, device=dev)
+        if len(target.shape) == 3:
+            x = x.contiguous(memory_format=target.memory_format)
+        with torch.inference_mode():
+            return target.make_noise_fn(y)(x, torch.full((b,), 0.5 * target.schedule.T, dtype=dtype, device=dev))
+
+    return auto_batch(forward_at, dev, limit=limit, extra_copies=extra)
 
 
 def _allocate(target: Target, num: int, dtype: torch.dtype) -> np.ndarray:
@@ -145,7 +190,7 @@ def generate(
             task = progress.add_task(f"{solver} NFE {nfe}", total=num, rate="")
             while done < num:
                 idx = list(range(done, min(done + batch, num)))
-                x_T = initial_noise(target.shape, idx, seed, device=device, dtype=dtype)
+                x_T = target.initial_noise(idx, seed, device, dtype)
                 y = None
                 if target.num_classes:
                     y = torch.tensor([class_labels[i % len(class_labels)] for i in idx]) if class_labels else labels(target.num_classes, idx, seed)

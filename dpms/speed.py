@@ -461,11 +461,10 @@ def measure_speed(
     schedule, shape, loaded = target.schedule, target.shape, target.loaded
     sampler.validate(solver, schedule, nfe=nfe)  # impossible NFE: one line, before any work
     x_dtype = torch.float64 if model == "gmm" else torch.float32
-    if loaded is not None:
-        if channels_last:
-            loaded.net.to(memory_format=torch.channels_last)
-        if compile or cuda_graphs:
-            loaded.net = torch.compile(loaded.net, mode="reduce-overhead" if cuda_graphs else None)
+    if loaded is not None and (channels_last or compile or cuda_graphs):
+        from .models.acceleration import accelerate
+
+        loaded.net = accelerate(loaded.net, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs)
     autocast = DTYPES[dtype] if loaded is not None else None
     memory_format = torch.channels_last if channels_last and len(shape) == 3 else torch.contiguous_format
 

@@ -34,8 +34,12 @@ def run_benchmark(
     device: str = "cpu",
     save_images: bool = False,
     console: Console | None = None,
+    acceleration: dict | None = None,
 ) -> BenchResult:
     """Check the config and its files, then run every unfinished cell, writing into out_dir.
+
+    acceleration: channels_last / compile / cuda_graphs for the network (`dpms.models.acceleration`);
+    how the network runs, not what a cell measures, so not part of the cells' keys.
 
     Under torchrun (WORLD_SIZE > 1) the samples of each cell are shared between the processes; only
     rank 0 writes, and only rank 0's result carries the JSON document.
@@ -47,7 +51,7 @@ def run_benchmark(
     console = console or Console()
     world = init_world(device)
     try:
-        prep = prepare(config, world.device)
+        prep = prepare(config, world.device, acceleration)
         return run_cells(prep, Path(out_dir) if out_dir else default_out_dir(config), world, save_images, console)
     finally:
         world.close()

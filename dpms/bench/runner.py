@@ -34,7 +34,7 @@ from rich.console import Console
 from .. import sampler
 from ..errors import DpmsError, MissingFileError
 from ..images import save_grid, to_uint8
-from ..sampler.noise import initial_noise, labels, step_noise_seeds
+from ..sampler.noise import labels, step_noise_seeds
 from . import report
 from .cells import Cell, Skipped, assign_keys, fingerprint, plan_cells
 from .config import BenchConfig, candidate_paths, resolve_path
@@ -165,7 +165,7 @@ def check_save_images(config: BenchConfig, save_images: bool) -> None:
         raise DpmsError("--save-images needs an image model, but the exact model gmm makes vectors; drop --save-images")
 
 
-def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
+def prepare(config: BenchConfig, device: str = "cpu", acceleration: dict | None = None) -> Prepared:
     """Check everything that can fail before a single sample is drawn, then load the model and metric.
 
     Order: preset, metric/model fit, solvers and NFEs (plan), reference statistics file, feature network
@@ -205,7 +205,7 @@ def prepare(config: BenchConfig, device: str = "cpu") -> Prepared:
         identity["metric"]["feature_network"] = fingerprint(DIGITS_DIR / CLASSIFIER_FILE)
     assign_keys(cells, config, identity)
     target = load_target(config.model.preset, str(checkpoint) if checkpoint else None, device, config.model.dtype,
-                         str(classifier) if classifier else None, config.model.guidance_scale)
+                         str(classifier) if classifier else None, config.model.guidance_scale, **(acceleration or {}))
     label_classes = target.num_classes
     if label_classes is None and config.model.guidance_scale:
         from ..models.checkpoints import get_preset
@@ -277,7 +277,7 @@ def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_image
     seconds = sampling_seconds = 0.0  # the exact-solution reference is measurement, not sampling: not timed
     for idx in shard(cell, config, world):
         start = time.perf_counter()
-        x_T = initial_noise(target.shape, idx, config.seed, device=world.device, dtype=prep.sample_dtype)
+        x_T = target.initial_noise(idx, config.seed, world.device, prep.sample_dtype)
         y = labels(prep.label_classes, idx, config.seed).to(world.device) if prep.label_classes else None
         noise_fn = target.make_noise_fn(y)
         x, info = sampler.sample(
