@@ -3,6 +3,10 @@ with a null network, the time of a 50k-sample FID run, peak memory.
 
     python benchmarks/speed.py                      # CPU grid → results/speed/cpu.{json,md}
     python benchmarks/speed.py --device cuda        # GPU grid → results/speed/cuda.{json,md}
+    python benchmarks/speed.py --device cuda --models cifar10-ddpm --solvers ddim,dpm3 --max-batch 2048 --resume
+
+Rows are written as they finish (atomically); --resume keeps the rows already written and runs the rest, so
+a run stopped by a time limit loses at most the row in progress.
 
 Every row is one `dpms.speed.measure_speed` call (the same as `dpms speed ...`): the dpms loop, one bare
 forward pass and diffusers' equivalent scheduler on the same network, batch and NFE, and both loops with a
@@ -35,8 +39,11 @@ CPU_GRID = [
     ("gmm", False, 1000, ["fp32"], SOLVERS[:3]),
     ("cifar10-ddpm", True, 8, ["fp32"], [("ddim", 10), ("dpm3", 10)]),
 ]
+# The issue's GPU figures first (the CIFAR-10 network at NFE 10 in bf16 and fp32), so that a run cut short by
+# a device's time limit has them; --resume continues with the rest.
 CUDA_GRID = [
-    ("cifar10-ddpm", True, "auto", ["fp32", "bf16"], [("ddim", 10), ("dpm3", 10), ("dpm2m", 10), ("dpmpp2m", 10)]),
+    ("cifar10-ddpm", True, "auto", ["bf16", "fp32"], [("ddim", 10), ("dpm3", 10)]),
+    ("cifar10-ddpm", True, "auto", ["bf16", "fp32"], [("dpm2m", 10), ("dpmpp2m", 10)]),
     ("digits", False, 4096, ["fp32"], SOLVERS),
 ]
 
@@ -130,30 +137,52 @@ def markdown(rows: list[dict], info: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plan(grid, models=None, solvers=None, dtypes=None) -> list[tuple]:
+    """The grid's rows (model, random weights, batch, dtype, solver, nfe), in order, filtered."""
+    return [(model, rw, batch, dtype, solver, nfe)
+            for model, rw, batch, model_dtypes, model_solvers in grid for dtype in model_dtypes for solver, nfe in model_solvers
+            if (not models or model in models) and (not solvers or solver in solvers) and (not dtypes or dtype in dtypes)]
+
+
+def row_key(row: dict) -> tuple:
+    return (row["model"], row["solver"], row["nfe"], row["dtype"] if row["model"] != "gmm" else "fp32")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "speed")
+    parser.add_argument("--models", help="comma-separated subset of the grid's models")
+    parser.add_argument("--solvers", help="comma-separated subset of the grid's solvers")
+    parser.add_argument("--dtypes", help="comma-separated subset of the grid's dtypes")
+    parser.add_argument("--max-batch", type=int, default=8192, help="cap of --batch auto (CUDA: the largest power of two that fits)")
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in OUT/<device>.json and run the others")
     args = parser.parse_args()
+    split = lambda v: set(v.split(",")) if v else None  # noqa: E731
     grid = CUDA_GRID if args.device.startswith("cuda") else CPU_GRID
-    rows = []
-    for model, random_weights, batch, dtypes, solvers in grid:
-        for dtype in dtypes:
-            for solver, nfe in solvers:
-                report = measure_speed(model, solver, nfe, batch, args.device, dtype, repeats=args.repeats,
-                                       random_weights=random_weights).to_dict()
-                report["random_weights"] = random_weights
-                rows.append(report)
-                print(f"{model:14s} {solver:8s} NFE {nfe:3d} batch {report['batch']:5d} {dtype}: overhead {report['overhead']:.3f}, "
-                      f"vs_diffusers {report['vs_diffusers'] if report['vs_diffusers'] is None else round(report['vs_diffusers'], 3)}, "
-                      f"null loop {report['null_loop_ms_dpms']:.2f} ms (diffusers {num(report['null_loop_ms_diffusers'], '.2f')}), "
-                      f"{report['images_per_second']:.1f} images/s, solver state {report['solver_state_batches']:.1f} batches", flush=True)
-    info = machine(args.device)
+    todo = plan(grid, split(args.models), split(args.solvers), split(args.dtypes))
     name = "cuda" if args.device.startswith("cuda") else "cpu"
+    info = machine(args.device)
     command = "python benchmarks/speed.py" + (f" --device {args.device}" if name == "cuda" else "") + (f" --repeats {args.repeats}" if args.repeats != 5 else "")
-    atomic_write_text(args.out / f"{name}.json", json.dumps({"machine": info, "command": command, "rows": rows}, indent=1) + "\n")
-    atomic_write_text(args.out / f"{name}.md", markdown(rows, info, command))
+    rows = []
+    if args.resume and (args.out / f"{name}.json").exists():
+        rows = json.loads((args.out / f"{name}.json").read_text())["rows"]
+    done = {row_key(r) for r in rows}
+    for model, random_weights, batch, dtype, solver, nfe in todo:
+        if (model, solver, nfe, dtype) in done:
+            continue
+        report = measure_speed(model, solver, nfe, batch, args.device, dtype, repeats=args.repeats,
+                               random_weights=random_weights, max_batch=args.max_batch).to_dict()
+        report["random_weights"] = random_weights
+        rows.append(report)
+        print(f"{model:14s} {solver:8s} NFE {nfe:3d} batch {report['batch']:5d} {dtype}: overhead {report['overhead']:.3f}, "
+              f"vs_diffusers {report['vs_diffusers'] if report['vs_diffusers'] is None else round(report['vs_diffusers'], 3)}, "
+              f"null loop {report['null_loop_ms_dpms']:.2f} ms (diffusers {num(report['null_loop_ms_diffusers'], '.2f')}), "
+              f"{report['images_per_second']:.1f} images/s, solver state {report['solver_state_batches']:.1f} batches", flush=True)
+        # after every row, atomically: a run cut short (a device's time limit) keeps its rows, and --resume goes on
+        atomic_write_text(args.out / f"{name}.json", json.dumps({"machine": info, "command": command, "rows": rows}, indent=1) + "\n")
+        atomic_write_text(args.out / f"{name}.md", markdown(rows, info, command))
     print(f"→ {args.out / f'{name}.md'}")
 
 

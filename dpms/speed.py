@@ -442,6 +442,7 @@ def measure_speed(
     diffusers: bool = True,
     memory: bool = True,
     progress=None,
+    max_batch: int = 8192,
 ) -> SpeedReport:
     """Time `solver` at `nfe` against one forward pass and against diffusers (see the module doc)."""
     if dtype not in DTYPES:
@@ -482,7 +483,7 @@ def measure_speed(
 
     if batch == "auto":
         extra = solver_copies(solver, schedule, shape, nfe, x_dtype) + 2 if dev.type == "cuda" else 0
-        batch = auto_batch(forward_at, dev, extra_copies=extra)
+        batch = auto_batch(forward_at, dev, limit=max_batch, extra_copies=extra)
     batch = int(batch)
     if batch < 1:
         raise DpmsError(f"--batch must be positive or 'auto', got {batch}")

@@ -464,3 +464,20 @@ def test_benchmark_verdicts_are_read_off_the_rows():
     assert "GPU targets" in text and "not measured" in text
     good = "\n".join(bench.verdicts(rows[:1], {"cpu": "x"}))
     assert "overhead ≤ 1.05 (digits, CPU): met" in good and "in no row is dpms significantly slower" in good
+
+
+def test_benchmark_writes_each_row_and_resumes(tmp_path):
+    """benchmarks/speed.py filters its grid, writes after every row, and --resume keeps what is written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+    base = [sys.executable, str(script), "--models", "gmm", "--repeats", "1", "--out", str(tmp_path)]
+    subprocess.run(base + ["--solvers", "ddim"], check=True, capture_output=True, timeout=300)
+    first = json.loads((tmp_path / "cpu.json").read_text())["rows"]
+    assert [(r["model"], r["solver"]) for r in first] == [("gmm", "ddim")]
+    done = subprocess.run(base + ["--solvers", "ddim,dpm3", "--resume"], check=True, capture_output=True, text=True, timeout=300)
+    rows = json.loads((tmp_path / "cpu.json").read_text())["rows"]
+    assert [r["solver"] for r in rows] == ["ddim", "dpm3"] and rows[0] == first[0]  # ddim kept, not rerun
+    assert "gmm            ddim" not in done.stdout and "| gmm | dpm3 |" in (tmp_path / "cpu.md").read_text()
