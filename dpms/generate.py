@@ -40,11 +40,14 @@ class Target:
     uint8: str = "floor"  # quantisation of image samples (dpms.images.to_uint8), the preset's `uint8`
     memory_format: torch.memory_format = torch.contiguous_format  # of the batch x_T (channels_last: NHWC)
 
+    def in_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of images in the target's memory format (the solvers' elementwise updates keep the
+        batch's layout, so x_T is converted once)."""
+        return x.contiguous(memory_format=self.memory_format) if len(self.shape) == 3 else x
+
     def initial_noise(self, idx: list[int], seed: int, device, dtype: torch.dtype) -> torch.Tensor:
-        """x_T of samples `idx` (`dpms.sampler.noise.initial_noise`), in the target's memory format
-        (the solvers' elementwise updates keep the batch's layout, so it is converted once)."""
-        x_T = initial_noise(self.shape, idx, seed, device=device, dtype=dtype)
-        return x_T.contiguous(memory_format=self.memory_format) if len(self.shape) == 3 else x_T
+        """x_T of samples `idx` (`dpms.sampler.noise.initial_noise`), in the target's memory format."""
+        return self.in_layout(initial_noise(self.shape, idx, seed, device=device, dtype=dtype))
 
 
 def load_target(
@@ -109,17 +112,17 @@ def auto_batch_size(target: Target, solver: str, nfe: int | None, device: str = 
 
     dev = torch.device(device)
     dtype = torch.float64 if target.name == "gmm" else torch.float32
-    adaptive = sampler.get_solver(solver).adaptive
-    extra = solver_copies(solver, target.schedule, target.shape, nfe or 10, dtype) + 1 if dev.type == "cuda" and not adaptive else 0
-    if dev.type == "cuda" and adaptive:
+    if dev.type != "cuda":
+        extra = 0  # the CPU probe times images/s; memory does not bound it
+    elif sampler.get_solver(solver).adaptive:
         extra = 8  # the adaptive solvers keep x, x_prev and two candidate steps with their ε's
+    else:
+        extra = solver_copies(solver, target.schedule, target.shape, nfe or 10, dtype) + 1
 
     def forward_at(b: int, hold: int = 0):
         held = [torch.empty((b, *target.shape), dtype=dtype, device=dev) for _ in range(hold)]  # noqa: F841 (headroom)
         y = labels(target.num_classes, list(range(b)), 0).to(dev) if target.num_classes else None
-        x = torch.randn((b, *target.shape), dtype=dtype, device=dev)
-        if len(target.shape) == 3:
-            x = x.contiguous(memory_format=target.memory_format)
+        x = target.in_layout(torch.randn((b, *target.shape), dtype=dtype, device=dev))
         with torch.inference_mode():
             return target.make_noise_fn(y)(x, torch.full((b,), 0.5 * target.schedule.T, dtype=dtype, device=dev))
 
