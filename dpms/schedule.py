@@ -71,7 +71,7 @@ class NoiseSchedule:
     t_array: Tensor | None = None  # discrete: (N,) increasing, float64
     log_alpha_array: Tensor | None = None  # discrete: (N,), float64
     name: str = ""
-    grid: tuple | None = None  # set by `on_grid`: time grids and log α, α, σ, λ at their points
+    grid: tuple | None = None  # set by `on_grid`: time grids and log α, α, σ, λ, d log α/dt at their points
     # discrete tables converted to a (device, dtype) once: a copy per α/σ/λ call would be a host-to-device
     # transfer, and a stream synchronisation, on every network call of a GPU sampling loop
     _tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)

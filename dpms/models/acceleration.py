@@ -11,7 +11,7 @@ knows nothing of solvers, with one exception that it must know: a solver keeps e
   outputs live in the graph's memory pool, which the next call reuses ("a new iteration is started on
   each invocation of torch.compile", torch.compiler.cudagraph_mark_step_begin): each output is cloned
   before it is returned, so a prediction the solver keeps is not overwritten by the next call. The
-  clone costs one copy of the prediction per call, which is what the network's eager output costs too.
+  clone is one memory-bound copy of the prediction per call, small beside the network's own work.
 """
 
 from __future__ import annotations
