@@ -50,6 +50,13 @@ class Target:
         return self.in_layout(initial_noise(self.shape, idx, seed, device=device, dtype=dtype))
 
 
+def check_network_options(model: str, dtype: str, channels_last: bool, compile: bool, cuda_graphs: bool) -> None:
+    """Refuse network options for `gmm`, whose ε is closed-form (float64), not a network."""
+    if model == "gmm" and (dtype != "fp32" or channels_last or compile or cuda_graphs):
+        raise DpmsError("gmm is the closed-form ε of a Gaussian mixture, computed in float64, not a network: "
+                        "--dtype, --compile, --cuda-graphs and --channels-last do not apply to it")
+
+
 def load_target(
     model: str,
     checkpoint: str | None = None,
@@ -72,10 +79,8 @@ def load_target(
     """
     if dtype not in DTYPES:
         raise DpmsError(f"unknown --dtype {dtype!r}; use fp32, fp16 or bf16")
+    check_network_options(model, dtype, channels_last, compile, cuda_graphs)
     if model == "gmm":
-        if dtype != "fp32" or channels_last or compile or cuda_graphs:
-            raise DpmsError("gmm is the closed-form ε of a Gaussian mixture, computed in float64, not a network: "
-                            "--dtype, --compile, --cuda-graphs and --channels-last do not apply to it")
         from .models import GaussianMixture
 
         gmm = GaussianMixture.default()

@@ -45,7 +45,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import sampler
 from .errors import DpmsError
-from .generate import DTYPES
+from .generate import DTYPES, check_network_options
 from .schedule import NoiseSchedule
 
 # In the multistep entries, lower_order_final=AS_DPMS is replaced by whether dpms's solver (default
@@ -452,9 +452,7 @@ def measure_speed(
     spec = sampler.get_solver(solver)
     if spec.adaptive or spec.stochastic:
         raise DpmsError(f"`dpms speed` times fixed-NFE ODE solvers; {solver} is {'adaptive' if spec.adaptive else 'stochastic'}")
-    if model == "gmm" and (dtype != "fp32" or compile or cuda_graphs or channels_last):
-        raise DpmsError("gmm is the closed-form ε of a Gaussian mixture, computed in float64, not a network: "
-                        "--dtype, --compile, --cuda-graphs and --channels-last do not apply to it")
+    check_network_options(model, dtype, channels_last, compile, cuda_graphs)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DpmsError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
