@@ -85,11 +85,12 @@ def solvers_command() -> None:
     from .sampler import solvers
 
     table = Table(title="dpms solvers")
-    for col in ("name", "order", "NFE rule", "paper", "default grid"):
+    for col in ("name", "order", "NFE rule", "options", "paper", "default grid"):
         table.add_column(col)
     for name, spec in solvers().items():
         skip = spec.default_skip if isinstance(spec.default_skip, str) else "discrete_uniform (discrete) / time_uniform"
-        table.add_row(name, spec.order, spec.nfe_rule, spec.paper, skip)
+        options = ", ".join(f"{k}={v}" for k, v in spec.options.items())
+        table.add_row(name, spec.order_text, spec.rule, options, spec.paper, skip)
     console.print(table)
 
 

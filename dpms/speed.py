@@ -48,28 +48,12 @@ from .errors import DpmsError
 from .generate import DTYPES, check_network_options
 from .schedule import NoiseSchedule
 
-# In the multistep entries, lower_order_final=AS_DPMS is replaced by whether dpms's solver (default
-# lower_order_final="official") lowers the order of the last steps at that NFE: diffusers' own rule
-# (fewer than 15 steps) differs from the official one (fewer than 10), so at NFE 10 its defaults would
-# run a different last step. Every DPM-Solver entry steps to sigma_min, the table's first entry, which
-# is dpms's t_end (diffusers' default final_sigmas_type="zero" would end with a step to σ = 0 instead).
-AS_DPMS = "as dpms"
-
-# dpms solver -> (diffusers scheduler class, its options, NFE -> num_inference_steps)
-DIFFUSERS_EQUIVALENT = {
-    "ddim": ("DDIMScheduler", {}, lambda nfe: nfe),
-    "dpm1": ("DDIMScheduler", {}, lambda nfe: nfe),
-    "dpm2": ("DPMSolverSinglestepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver", "lower_order_final": True, "final_sigmas_type": "sigma_min"}, lambda nfe: nfe),
-    "dpm3": ("DPMSolverSinglestepScheduler", {"solver_order": 3, "algorithm_type": "dpmsolver", "lower_order_final": True, "final_sigmas_type": "sigma_min"}, lambda nfe: nfe),
-    "dpmpp2s": ("DPMSolverSinglestepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver++", "lower_order_final": True, "final_sigmas_type": "sigma_min"}, lambda nfe: nfe),
-    "dpm2m": ("DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver", "lower_order_final": AS_DPMS, "final_sigmas_type": "sigma_min"}, lambda nfe: nfe),
-    "dpm3m": ("DPMSolverMultistepScheduler", {"solver_order": 3, "algorithm_type": "dpmsolver", "lower_order_final": AS_DPMS, "final_sigmas_type": "sigma_min"}, lambda nfe: nfe),
-    "dpmpp2m": ("DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver++", "lower_order_final": AS_DPMS, "final_sigmas_type": "sigma_min"}, lambda nfe: nfe),
-    "dpmpp3m": ("DPMSolverMultistepScheduler", {"solver_order": 3, "algorithm_type": "dpmsolver++", "lower_order_final": AS_DPMS, "final_sigmas_type": "sigma_min"}, lambda nfe: nfe),
-    # F-PNDM: 3 pseudo-RK steps of 4 calls, then one call per step: NFE = steps + 9 (diffusers: the same).
-    # diffusers' PNDMScheduler needs at least 4 steps (NFE 13).
-    "pndm": ("PNDMScheduler", {"skip_prk_steps": False}, lambda nfe: nfe - 9 if nfe >= 13 else 0),
-}
+# The solvers diffusers also implements, read from their registrations (SolverSpec.diffusers): solver ->
+# (diffusers scheduler class name, its options, NFE -> num_inference_steps). An option value AS_DPMS is
+# replaced by what dpms's solver does at that NFE (`diffusers_options`).
+AS_DPMS = sampler.registry.LOWER_ORDER_FINAL_AS_DPMS
+DIFFUSERS_EQUIVALENT = {name: (spec.diffusers.scheduler, dict(spec.diffusers.options), spec.diffusers.inference_steps)
+                        for name, spec in sampler.solvers().items() if spec.diffusers is not None}
 
 
 @dataclass
@@ -209,7 +193,8 @@ def diffusers_options(solver: str, nfe: int):
     from .sampler.multistep import lowers_final_order
 
     name, options, steps_for = DIFFUSERS_EQUIVALENT[solver]
-    options = {k: (lowers_final_order("official", steps_for(nfe)) if v == AS_DPMS else v) for k, v in options.items()}
+    mode = sampler.get_solver(solver).options.get("lower_order_final")
+    options = {k: (lowers_final_order(mode, steps_for(nfe)) if v == AS_DPMS else v) for k, v in options.items()}
     return name, options, steps_for
 
 

@@ -382,8 +382,8 @@ def test_ddims_own_number_sits_on_ddims_quadratic_index_grid():
 
 def test_default_digits_config_covers_every_solver_and_nfe():
     config = load_config(REPO / "configs" / "digits.yaml")
-    assert [s.name for s in config.solvers] == ["ddim", "spndm", "pndm", "rk2", "rk3", "dpm2", "dpm3", "dpm12", "dpm23",
-                                                 "dpm2m", "dpm3m", "dpmpp2m", "dpmpp3m", "euler-sde", "ddpm"]
+    assert [s.name for s in config.solvers] == dpms.sampler.default_grid()
+    assert {"ddim", "pndm", "dpm3", "dpm23", "dpmpp3m", "ddpm"} <= set(dpms.sampler.default_grid())
     assert config.columns == [5, 6, 8, 10, 12, 15, 20, 50] and config.features == "digits"
     assert config.sample_grid == {"nfe": 10, "count": 100} and config.out == "results/digits"
 

@@ -106,13 +106,13 @@ def t_end_for(rules: list[TEndRule] | None, nfe: int | None, default: float) -> 
 
 def nfe_for_steps(spec: SolverSpec, steps: int, skip: str, options: dict) -> int:
     """The smallest NFE at which the solver's plan takes `steps` grid steps (PNDM's tables are in steps)."""
-    def count_grid(k: int):
+    def count_grid(k: int, *_):
         return torch.zeros(k + 1, dtype=torch.float64)
 
-    plan_options = {k: v for k, v in options.items() if k == "order_plan"}
+    plan_options, _ = spec.split_options(options)
     for nfe in range(steps, 4 * steps + 13):
         try:
-            timesteps, _ = spec.plan(nfe, count_grid, skip, **plan_options)
+            timesteps, _ = spec.plan.grid(nfe, count_grid, skip, plan_options)
         except DpmsError:
             continue
         if len(timesteps) - 1 == steps:

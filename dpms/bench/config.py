@@ -23,7 +23,8 @@ A solver entry takes `name`, optional `label` (the table row; default the name),
 `paper` ({column: number}), `confidence`, `note`, and `nfe` or `steps` (whichever the config uses: the
 subset of its columns this entry runs, for a grid that cannot place every column); every other key is a
 solver option (`order_plan`,
-`rtol`, ...) and is checked against the solver's signature. Relative paths are looked up from the current
+`rtol`, ...) and is checked against the solver's signature. `solvers: default` is every solver the
+registry puts in the default grids (`SolverSpec.default_grid`), in `dpms solvers` order. Relative paths are looked up from the current
 folder, then from the folder above the config's (the repository root for configs/*.yaml).
 """
 
@@ -39,6 +40,7 @@ import yaml
 
 from ..errors import DpmsError, MissingFileError
 from ..sampler.noise import MAX_SAMPLES, MAX_SEED
+from ..sampler.registry import default_grid
 
 FEATURE_KINDS = ("inception", "digits", "exact")
 CONFIDENCE = ("paper", "secondary-high", "secondary", "secondary-low", "none")  # the reference's labels
@@ -293,9 +295,9 @@ def parse_config(data: dict, where: str = "config", path: Path | None = None) ->
     if "nfe" in data and "steps" in data:
         r.fail("give one of nfe (a list of NFE) or steps (a list of step counts), not both")
     axis = "steps" if "steps" in data else "nfe"  # neither: only adaptive solvers, which choose their NFE
-    solvers_raw = data["solvers"]
+    solvers_raw = default_grid() if data["solvers"] == "default" else data["solvers"]
     if not isinstance(solvers_raw, list) or not solvers_raw:
-        r.fail("solvers must be a non-empty list")
+        r.fail("solvers must be a non-empty list, or default (the registry's default grid)")
     solvers = [_solver_entry(raw, k, r) for k, raw in enumerate(solvers_raw)]
     labels = [s.label for s in solvers]
     if len(set(labels)) != len(labels):

@@ -10,7 +10,9 @@ report the NFE they used in the returned `SampleInfo`.
 
 from __future__ import annotations
 
-import inspect
+import importlib
+import pkgutil
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -18,12 +20,24 @@ from torch import Tensor
 
 from ..errors import DpmsError
 from ..schedule import NoiseSchedule
-from . import singlestep, multistep, runge_kutta, pndm, stochastic  # noqa: F401,I001  (registers the solvers, in this order)
 from .grids import SKIP_TYPES, make_grid
-from .registry import SolverSpec, get_solver, solvers  # noqa: F401
+from .registry import SolverSpec, default_grid, get_solver, solvers, sort_registry  # noqa: F401
 from .runge_kutta import ode_reference
 
-__all__ = ["sample", "validate", "solvers", "SampleInfo", "SKIP_TYPES", "make_grid", "ode_reference", "per_sample_randn", "SolverSpec"]
+
+def _discover_solvers() -> None:
+    """Import every module of this package (each registers its solvers), then order the registry by the
+    modules' LISTING_POSITION (default 50: after the DPM-Solver, Runge–Kutta and PNDM families, before the
+    stochastic baselines), registration order within a module."""
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+    sort_registry(lambda spec: getattr(sys.modules[spec.fn.__module__], "LISTING_POSITION", 50))
+
+
+_discover_solvers()
+
+__all__ = ["sample", "validate", "solvers", "default_grid", "SampleInfo", "SKIP_TYPES", "make_grid", "ode_reference", "per_sample_randn", "SolverSpec"]
 
 
 @dataclass
@@ -89,27 +103,19 @@ def per_sample_randn(seeds, device=None, dtype=None):
     return randn
 
 
-def _check_options(spec: SolverSpec, options: dict) -> None:
-    params = inspect.signature(spec.fn).parameters
-    internal = {"noise_fn", "schedule", "x", "timesteps", "orders", "inner", "randn"}
-    allowed = [p for p in params if p not in internal]
-    unknown = [k for k in options if k not in allowed]
-    if unknown:
-        raise DpmsError(f"solver {spec.name!r} has no option {unknown[0]!r}; its options: {', '.join(allowed) or 'none'}")
-
-
 def _prepare(spec: SolverSpec, schedule, dtype, device, nfe, skip, t_start, t_end, timesteps, options):
-    """Validate a request and build the time grid: every check happens here, before any network call."""
-    _check_options(spec, options)
+    """Validate a request and build the time grid: every check happens here, before any network call.
+
+    Returns (timesteps, skip, the solver function's keyword arguments): its options, plus `steps`
+    where the solver's plan makes a per-step plan."""
+    plan_options, options = spec.split_options(options)
     if not dtype.is_floating_point:
         raise DpmsError(f"x_T must be a floating-point tensor, got {dtype}")
     if timesteps is not None:
         ts = torch.as_tensor(timesteps, dtype=torch.float64).to(dtype=dtype, device=device)
         if ts.dim() != 1 or len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
             raise DpmsError("timesteps must be a 1-D strictly decreasing sequence of at least 2 times")
-        if "orders" in inspect.signature(spec.fn).parameters:
-            options.setdefault("orders", [int(spec.order[0])] * (len(ts) - 1))
-        return ts, "explicit", options
+        return ts, "explicit", _with_steps(spec, options, spec.plan.explicit(ts, plan_options))
     t_start = schedule.T if t_start is None else float(t_start)
     t_end = schedule.t_end if t_end is None else float(t_end)
     if not (0.0 < t_end < t_start <= schedule.T + 1e-12):
@@ -126,10 +132,14 @@ def _prepare(spec: SolverSpec, schedule, dtype, device, nfe, skip, t_start, t_en
         return make_grid(schedule, skip, steps, start, end, dtype, device)
 
     try:
-        ts, extra = spec.plan(int(nfe), grid, skip, **options)
+        ts, steps = spec.plan.grid(int(nfe), grid, skip, plan_options)
     except DpmsError as e:
         raise DpmsError(f"solver {spec.name!r}: {e}") from None
-    return ts, skip, {**extra, **options}
+    return ts, skip, _with_steps(spec, options, steps)
+
+
+def _with_steps(spec: SolverSpec, options: dict, steps) -> dict:
+    return {**options, "steps": steps} if spec.plan.makes_steps else options
 
 
 def validate(solver: str, schedule: NoiseSchedule, nfe: int | None = 10, skip=None, t_start=None, t_end=None, timesteps=None, **options) -> None:
@@ -175,7 +185,8 @@ def sample(
         # α, σ, λ of every grid point computed once; the solver still sees only a NoiseSchedule.
         x = spec.fn(counted, schedule.on_grid(ts), x_T, ts, **options)
     counted.raise_if_non_finite()
-    if timesteps is None and not spec.adaptive and counted.calls != nfe:
-        raise RuntimeError(f"internal error: solver {solver!r} made {counted.calls} network calls for nfe={nfe}")
+    planned = spec.plan.nfe(ts, options.get("steps"))
+    if planned is not None and counted.calls != planned:
+        raise RuntimeError(f"internal error: solver {solver!r} made {counted.calls} network calls, its plan {planned}")
     info = SampleInfo(solver=solver, nfe=counted.calls, skip=skip, timesteps=ts)
     return (x, info) if return_info else x

@@ -30,11 +30,20 @@ import torch
 from torch import Tensor
 
 from ..errors import DpmsError
-from .registry import register
+from .registry import LOWER_ORDER_FINAL_AS_DPMS, DiffusersEquivalent, register
 from .steps import eval_at, to_data
 
 PAPER_DPM = "DPM-Solver (Lu et al. 2022)"
 PAPER_PP = "DPM-Solver++ (Lu et al. 2022b)"
+LISTING_POSITION = 20
+WARM_UP_3 = "3 in the steps after warm-up; the 1st-order first step makes the global order 2"
+
+
+def _diffusers_multistep(order: int, algorithm: str) -> DiffusersEquivalent:
+    # diffusers lowers the final orders below 15 steps, dpms's default ("official") below 10: the speed
+    # table runs diffusers with what dpms does at that NFE; both step to sigma_min, dpms's t_end
+    return DiffusersEquivalent("DPMSolverMultistepScheduler", {"solver_order": order, "algorithm_type": algorithm,
+                                                               "lower_order_final": LOWER_ORDER_FINAL_AS_DPMS, "final_sigmas_type": "sigma_min"})
 
 
 def _multistep_update(x, models, lambdas, schedule, s, t, lam_t, order, data_prediction):
@@ -99,25 +108,27 @@ def multistep(noise_fn, schedule, x: Tensor, timesteps: Tensor, order: int, data
     return x
 
 
-@register("dpm2m", order="2", nfe_rule="NFE = steps (first step 1st order)", paper=PAPER_DPM)
+@register("dpm2m", order=2, nfe_rule="NFE = steps (first step 1st order)", paper=PAPER_DPM, diffusers=_diffusers_multistep(2, "dpmsolver"))
 def dpm2m(noise_fn, schedule, x, timesteps, lower_order_final: bool | str = "official"):
     """Multistep DPM-Solver-2 (noise prediction)."""
     return multistep(noise_fn, schedule, x, timesteps, 2, False, lower_order_final)
 
 
-@register("dpm3m", order="3 (2 with its 1st-order warm-up step)", nfe_rule="NFE = steps (warm-up orders 1, 2)", paper=PAPER_DPM)
+@register("dpm3m", order=2, order_note=WARM_UP_3, nfe_rule="NFE = steps (warm-up orders 1, 2)", paper=PAPER_DPM, diffusers=_diffusers_multistep(3, "dpmsolver"))
 def dpm3m(noise_fn, schedule, x, timesteps, lower_order_final: bool | str = "official"):
     """Multistep DPM-Solver-3 (noise prediction)."""
     return multistep(noise_fn, schedule, x, timesteps, 3, False, lower_order_final)
 
 
-@register("dpmpp2m", order="2", nfe_rule="NFE = steps (first step 1st order)", paper=PAPER_PP, default_skip="time_uniform", data_prediction=True)
+@register("dpmpp2m", order=2, nfe_rule="NFE = steps (first step 1st order)", paper=PAPER_PP, default_skip="time_uniform", data_prediction=True,
+          diffusers=_diffusers_multistep(2, "dpmsolver++"))
 def dpmpp2m(noise_fn, schedule, x, timesteps, lower_order_final: bool | str = "official"):
     """DPM-Solver++(2M) (data prediction; DPM-Solver++ Algorithm 2)."""
     return multistep(noise_fn, schedule, x, timesteps, 2, True, lower_order_final)
 
 
-@register("dpmpp3m", order="3 (2 with its 1st-order warm-up step)", nfe_rule="NFE = steps (warm-up orders 1, 2)", paper=PAPER_PP, default_skip="time_uniform", data_prediction=True)
+@register("dpmpp3m", order=2, order_note=WARM_UP_3, nfe_rule="NFE = steps (warm-up orders 1, 2)", paper=PAPER_PP, default_skip="time_uniform",
+          data_prediction=True, diffusers=_diffusers_multistep(3, "dpmsolver++"))
 def dpmpp3m(noise_fn, schedule, x, timesteps, lower_order_final: bool | str = "official"):
     """DPM-Solver++(3M) (data prediction)."""
     return multistep(noise_fn, schedule, x, timesteps, 3, True, lower_order_final)

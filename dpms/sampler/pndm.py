@@ -20,27 +20,39 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..errors import DpmsError
-from .registry import register, steps_plan
+from .registry import DiffusersEquivalent, NfePlan, Steps, register
 from .steps import combine, ddim_step, eval_at
 
 PAPER = "PNDM (Liu et al. 2022)"
+LISTING_POSITION = 40
 
 
 def _discrete_or_uniform(schedule) -> str:
     return "discrete_uniform" if schedule.is_discrete else "time_uniform"
 
 
-def _pndm_plan(nfe: int, make_grid, skip: str, **_):
+class PndmPlan(NfePlan):
     """F-PNDM: NFE = 4·steps for steps ≤ 3 (all warm-up), steps + 9 after."""
-    if nfe >= 13:
-        return make_grid(nfe - 9), {}
-    if nfe in (4, 8, 12):
-        return make_grid(nfe // 4), {}
-    near = {1: "4", 2: "4", 3: "4", 5: "4", 6: "4 or 8", 7: "8", 9: "8", 10: "8 or 12", 11: "12"}.get(nfe, "4")
-    raise DpmsError(f"NFE {nfe} is impossible (NFE = 4·steps for ≤ 3 steps, steps + 9 after); nearest valid: {near}")
+
+    def rule(self) -> str:
+        return "NFE = steps + 9 (4·steps when ≤ 3 steps)"
+
+    def grid(self, nfe: int, make_grid, skip: str, options: dict):
+        if nfe >= 13:
+            return make_grid(nfe - 9), None
+        if nfe in (4, 8, 12):
+            return make_grid(nfe // 4), None
+        near = {1: "4", 2: "4", 3: "4", 5: "4", 6: "4 or 8", 7: "8", 9: "8", 10: "8 or 12", 11: "12"}.get(nfe, "4")
+        raise DpmsError(f"NFE {nfe} is impossible ({self.rule()}); nearest valid: {near}")
+
+    def nfe(self, timesteps, steps) -> int:
+        n = len(timesteps) - 1
+        return 4 * n if n <= 3 else n + 9
 
 
-@register("pndm", order="2 (AB4 on ε through the 1st-order transfer)", nfe_rule="NFE = steps + 9 (4·steps when ≤ 3 steps)", paper=PAPER, plan=_pndm_plan, default_skip=_discrete_or_uniform)
+# diffusers' PNDMScheduler (skip_prk_steps=False) runs the same 3 pseudo-RK steps of 4 calls; it needs at least 4 steps (NFE 13)
+@register("pndm", order=2, order_note="AB4 on ε through the 1st-order transfer", paper=PAPER, plan=PndmPlan(), default_skip=_discrete_or_uniform,
+          diffusers=DiffusersEquivalent("PNDMScheduler", {"skip_prk_steps": False}, lambda nfe: nfe - 9 if nfe >= 13 else 0))
 def pndm(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
     """F-PNDM: pseudo Runge–Kutta warm-up (3 steps × 4 calls), then pseudo linear multistep (AB4)."""
     history: list[Tensor] = []
@@ -64,7 +76,7 @@ def pndm(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
     return x
 
 
-@register("spndm", order="2", nfe_rule="NFE = steps + 1", paper=PAPER, plan=steps_plan(1, extra_calls=1), default_skip=_discrete_or_uniform)
+@register("spndm", order=2, paper=PAPER, plan=Steps(1, extra_calls=1), default_skip=_discrete_or_uniform)
 def spndm(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
     """S-PNDM: pseudo improved Euler on the first step, then pseudo linear multistep (AB2)."""
     prev = None

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .registry import ADAPTIVE, register, steps_plan
+from .registry import ADAPTIVE, Steps, register
 from .steps import eval_at
 
 PAPER_DPM = "DPM-Solver (Lu et al. 2022), Table 1"
+LISTING_POSITION = 30
 
 # Butcher tableaus: (c, a, b)
 MIDPOINT = ((0.0, 0.5), ((), (0.5,)), (0.0, 1.0))
@@ -89,12 +90,12 @@ def _discrete_or_uniform(schedule) -> str:
     return "discrete_uniform" if schedule.is_discrete else "time_uniform"
 
 
-rk2 = register("rk2", order="2", nfe_rule="NFE = 2·steps", paper=PAPER_DPM, plan=steps_plan(2))(_rk_lambda(MIDPOINT))
-rk3 = register("rk3", order="3", nfe_rule="NFE = 3·steps", paper=PAPER_DPM, plan=steps_plan(3))(_rk_lambda(HEUN3))
-rk2_t = register("rk2-t", order="2", nfe_rule="NFE = 2·steps", paper=PAPER_DPM, plan=steps_plan(2), default_skip="time_uniform")(_rk_t(MIDPOINT))
-rk3_t = register("rk3-t", order="3", nfe_rule="NFE = 3·steps", paper=PAPER_DPM, plan=steps_plan(3), default_skip="time_uniform")(_rk_t(HEUN3))
+rk2 = register("rk2", order=2, paper=PAPER_DPM, plan=Steps(2))(_rk_lambda(MIDPOINT))
+rk3 = register("rk3", order=3, paper=PAPER_DPM, plan=Steps(3))(_rk_lambda(HEUN3))
+rk2_t = register("rk2-t", order=2, paper=PAPER_DPM, plan=Steps(2), default_skip="time_uniform", default_grid=False)(_rk_t(MIDPOINT))
+rk3_t = register("rk3-t", order=3, paper=PAPER_DPM, plan=Steps(3), default_skip="time_uniform", default_grid=False)(_rk_t(HEUN3))
 fon = register(
-    "fon", order="4", nfe_rule="NFE = 4·steps", paper="PNDM (Liu et al. 2022), FON ablation", plan=steps_plan(4), default_skip=_discrete_or_uniform
+    "fon", order=4, paper="PNDM (Liu et al. 2022), FON ablation", plan=Steps(4), default_skip=_discrete_or_uniform, default_grid=False
 )(_rk_t(RK4))
 
 
@@ -125,15 +126,7 @@ def solve_ivp_torch(noise_fn, schedule, x: Tensor, t_start, t_end, variable: str
     return out, sol.nfev
 
 
-@register(
-    "rk45",
-    order="adaptive 4(5)",
-    nfe_rule="adaptive (reported)",
-    paper="score_sde / PNDM 'PF' (scipy RK45)",
-    plan=ADAPTIVE,
-    default_skip="time_uniform",
-    options=dict(rtol=1e-5, atol=1e-5),
-)
+@register("rk45", order=None, order_note="adaptive 4(5)", paper="score_sde / PNDM 'PF' (scipy RK45)", plan=ADAPTIVE, default_skip="time_uniform", default_grid=False)
 def rk45(noise_fn, schedule, x, timesteps, rtol: float = 1e-5, atol: float = 1e-5):
     """scipy's adaptive Dormand–Prince RK45 on the probability-flow ODE in t (rtol = atol = 1e-5 as in PNDM)."""
     return solve_ivp_torch(noise_fn, schedule, x, timesteps[0], timesteps[-1], "t", "RK45", rtol, atol)[0]

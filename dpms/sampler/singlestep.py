@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from ..errors import DpmsError
-from .registry import ADAPTIVE, register
+from .registry import ADAPTIVE, DiffusersEquivalent, NfePlan, register
 from .steps import ddim_step, dpm_solver_1, dpm_solver_2, dpm_solver_3, dpmpp_2s, eval_at
 
 PAPER_DPM = "DPM-Solver (Lu et al. 2022)"
+LISTING_POSITION = 10  # first in `dpms solvers`: DDIM and the DPM-Solver paper's own solvers
 
 
 # ----------------------------------------------------------------------------------- order plans
@@ -32,16 +35,37 @@ def fast_orders(nfe: int, order: int) -> list[int]:
     return [1] * nfe
 
 
-def singlestep_plan(order: int):
-    """The `plan` of a singlestep solver: NFE → (outer time grid, per-step orders, inner points).
+@dataclass(frozen=True)
+class SinglestepSteps:
+    """A singlestep run's per-step plan: each step's order and, where the grid gives them, its inner points
+    (the step's own k-step grid from s to t, whose λ-fractions are r₁, r₂; None: λ-uniform fractions)."""
+
+    orders: tuple[int, ...]
+    inner: tuple[Tensor, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SinglestepPlan(NfePlan):
+    """NFE → (outer time grid, per-step orders, inner points); option order_plan = "fast" | "fixed".
 
     As the official `sample(method="singlestep"/"singlestep_fixed")`, a step of order k from s to t
     evaluates at the k − 1 intermediate points of the same skip type's grid of k steps between s and
-    t: λ-uniform fractions ½ or ⅓, ⅔ on the logSNR grid (passed as `inner=None`), and the points of
-    the uniform / quadratic grid otherwise (r₁ = (λ_{s₁} − λ_s)/h then depends on the step).
+    t: λ-uniform fractions ½ or ⅓, ⅔ on the logSNR grid (inner=None), and the points of the uniform /
+    quadratic grid otherwise (r₁ = (λ_{s₁} − λ_s)/h then depends on the step). An explicit grid runs the
+    solver's order on every step.
     """
 
-    def plan(nfe: int, make_grid, skip: str, order_plan: str = "fast", **_):
+    order: int
+    makes_steps = True
+    options = {"order_plan": "fast"}
+
+    def rule(self) -> str:
+        if self.order == 2:
+            return "any NFE ≥ 1 (fast plan: ⌊M/2⌋ 2nd-order steps, +1 first-order if M odd); fixed plan: M even"
+        return "any NFE ≥ 1 (fast plan: K = ⌊M/3⌋+1 λ-uniform steps, orders 3,…,3 then 2/1); fixed plan: M % 3 = 0"
+
+    def grid(self, nfe: int, make_grid, skip: str, options: dict):
+        order, order_plan = self.order, options["order_plan"]
         if order_plan == "fixed":
             if nfe % order:
                 raise DpmsError(_fixed_nfe_message(order, nfe))
@@ -54,7 +78,7 @@ def singlestep_plan(order: int):
         if skip == "logSNR" or order_plan == "fixed":
             timesteps = make_grid(len(orders))  # outer steps uniform in the skip type (λ-uniform: the paper)
             if skip in ("time_uniform", "time_quadratic"):
-                inner = [make_grid(k, float(s), float(t)) for k, s, t in zip(orders, timesteps[:-1], timesteps[1:])]
+                inner = tuple(make_grid(k, float(s), float(t)) for k, s, t in zip(orders, timesteps[:-1], timesteps[1:]))
         else:
             # official: a grid of M steps, keeping the points where each outer step ends; the points in
             # between are the step's inner points (for time_uniform / time_quadratic exactly the official
@@ -62,10 +86,14 @@ def singlestep_plan(order: int):
             fine = make_grid(nfe)
             ends = torch.cumsum(torch.tensor([0] + orders), 0).tolist()
             timesteps = fine[ends]
-            inner = [fine[a : b + 1] for a, b in zip(ends[:-1], ends[1:])]
-        return timesteps, {"orders": orders, "inner": inner}
+            inner = tuple(fine[a : b + 1] for a, b in zip(ends[:-1], ends[1:]))
+        return timesteps, SinglestepSteps(tuple(orders), inner)
 
-    return plan
+    def explicit(self, timesteps: Tensor, options: dict) -> SinglestepSteps:
+        return SinglestepSteps((self.order,) * (len(timesteps) - 1))
+
+    def nfe(self, timesteps: Tensor, steps: SinglestepSteps) -> int:
+        return sum(steps.orders)
 
 
 def _fixed_nfe_message(order: int, nfe: int) -> str:
@@ -101,12 +129,11 @@ def _intermediate_times(schedule, timesteps: Tensor, orders: list[int], inner, r
     return r, schedule.inverse_lambda(lam_s[:, None] + r * h[:, None]).contiguous()
 
 
-def _singlestep(noise_fn, schedule, x, timesteps, orders, inner=None, r1=None, r2=None, data_prediction=False):
+def _singlestep(noise_fn, schedule, x, timesteps, steps: SinglestepSteps, r1=None, r2=None, data_prediction=False):
     """Singlestep steps of the given orders. r1/r2, if given, replace the grid's fractions in the
     steps of the solver's own (highest) order. The intermediate times of all steps, and α, σ, λ there,
     are computed once before the loop (`_intermediate_times`, `NoiseSchedule.on_grid`)."""
-    if len(orders) != len(timesteps) - 1:  # explicit timesteps: use the solver's order on every step
-        orders, inner = [max(orders)] * (len(timesteps) - 1), None
+    orders, inner = steps.orders, steps.inner
     r, s_mid = _intermediate_times(schedule, timesteps, orders, inner, r1, r2)
     schedule = schedule.on_grid(s_mid)
     for i, order in enumerate(orders):
@@ -123,7 +150,11 @@ def _singlestep(noise_fn, schedule, x, timesteps, orders, inner=None, r1=None, r
     return x
 
 
-@register("ddim", order="1", nfe_rule="NFE = steps", paper="DDIM (Song et al. 2021)", default_skip="time_uniform")
+def _diffusers_singlestep(order: int, algorithm: str) -> DiffusersEquivalent:
+    return DiffusersEquivalent("DPMSolverSinglestepScheduler", {"solver_order": order, "algorithm_type": algorithm, "lower_order_final": True, "final_sigmas_type": "sigma_min"})
+
+
+@register("ddim", order=1, paper="DDIM (Song et al. 2021)", default_skip="time_uniform", diffusers=DiffusersEquivalent("DDIMScheduler"))
 def ddim(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
     """DDIM, deterministic (η = 0; Song et al. 2021, Eq. 12): x₀-prediction then re-noising, one call per step."""
     for s, t in zip(timesteps[:-1], timesteps[1:]):
@@ -131,7 +162,7 @@ def ddim(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
     return x
 
 
-@register("dpm1", order="1", nfe_rule="NFE = steps", paper=PAPER_DPM)
+@register("dpm1", order=1, paper=PAPER_DPM, default_grid=False, diffusers=DiffusersEquivalent("DDIMScheduler"))
 def dpm1(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
     """DPM-Solver-1 (Eq. 3.7) on every step; equal to DDIM (paper Sec. 4.1)."""
     for s, t in zip(timesteps[:-1], timesteps[1:]):
@@ -139,45 +170,35 @@ def dpm1(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
     return x
 
 
-@register(
-    "dpm2",
-    order="2",
-    nfe_rule="any NFE ≥ 1 (fast plan: ⌊M/2⌋ 2nd-order steps, +1 first-order if M odd); fixed plan: M even",
-    paper=PAPER_DPM,
-    plan=singlestep_plan(2),
-)
-def dpm2(noise_fn, schedule, x, timesteps, orders, inner=None, r1: float | None = None, order_plan: str = "fast"):
+@register("dpm2", order=2, paper=PAPER_DPM, plan=SinglestepPlan(2), diffusers=_diffusers_singlestep(2, "dpmsolver"))
+def dpm2(noise_fn, schedule, x, timesteps, steps: SinglestepSteps, r1: float | None = None):
     """Singlestep DPM-Solver-2 (Algorithm 1) with the paper's DPM-Solver-fast order plan
     (r₁ = ½ on the logSNR grid; r1= overrides the 2nd-order steps' fraction)."""
-    return _singlestep(noise_fn, schedule, x, timesteps, orders, inner, r1=r1)
+    return _singlestep(noise_fn, schedule, x, timesteps, steps, r1=r1)
 
 
-@register(
-    "dpm3",
-    order="3",
-    nfe_rule="any NFE ≥ 1 (fast plan: K = ⌊M/3⌋+1 λ-uniform steps, orders 3,…,3 then 2/1); fixed plan: M % 3 = 0",
-    paper=PAPER_DPM,
-    plan=singlestep_plan(3),
-)
-def dpm3(noise_fn, schedule, x, timesteps, orders, inner=None, r1: float | None = None, r2: float | None = None, order_plan: str = "fast"):
+@register("dpm3", order=3, paper=PAPER_DPM, plan=SinglestepPlan(3), diffusers=_diffusers_singlestep(3, "dpmsolver"))
+def dpm3(noise_fn, schedule, x, timesteps, steps: SinglestepSteps, r1: float | None = None, r2: float | None = None):
     """Singlestep DPM-Solver-3 (Algorithm 2) with the paper's DPM-Solver-fast order plan (App. D.3):
     NFE 10 → orders 3,3,3,1; 12 → 3,3,3,2,1; 15 → 3,3,3,3,2,1; 20 → 3,3,3,3,3,3,2. On the logSNR grid
     3rd-order steps use r₁ = ⅓, r₂ = ⅔ and 2nd-order steps r₁ = ½ (r1=/r2= override the 3rd-order steps')."""
-    return _singlestep(noise_fn, schedule, x, timesteps, orders, inner, r1=r1, r2=r2)
+    return _singlestep(noise_fn, schedule, x, timesteps, steps, r1=r1, r2=r2)
 
 
 @register(
     "dpmpp2s",
-    order="2",
+    order=2,
     nfe_rule="any NFE ≥ 1 (as dpm2: 2nd-order steps, +1 first-order if M odd); fixed plan: M even",
     paper="DPM-Solver++ (Lu et al. 2022b)",
     default_skip="time_uniform",
-    plan=singlestep_plan(2),
+    plan=SinglestepPlan(2),
     data_prediction=True,
+    default_grid=False,
+    diffusers=_diffusers_singlestep(2, "dpmsolver++"),
 )
-def dpmpp2s(noise_fn, schedule, x, timesteps, orders, inner=None, r1: float | None = None, order_plan: str = "fast"):
+def dpmpp2s(noise_fn, schedule, x, timesteps, steps: SinglestepSteps, r1: float | None = None):
     """Singlestep DPM-Solver++(2S) (data prediction), with a first-order last step for odd NFE."""
-    return _singlestep(noise_fn, schedule, x, timesteps, orders, inner, r1=r1, data_prediction=True)
+    return _singlestep(noise_fn, schedule, x, timesteps, steps, r1=r1, data_prediction=True)
 
 
 # ----------------------------------------------------------------------------------- adaptive
@@ -221,16 +242,13 @@ def _adaptive(noise_fn, schedule, x, t_start, t_end, order, rtol, atol, h_init, 
     return x
 
 
-ADAPTIVE_OPTIONS = dict(rtol=0.05, atol=0.0078, h_init=0.05, theta=0.9, t_err=1e-5, max_nfe=10_000)
-
-
-@register("dpm12", order="adaptive 1/2", nfe_rule="adaptive (reported)", paper=PAPER_DPM, plan=ADAPTIVE, options=ADAPTIVE_OPTIONS)
+@register("dpm12", order=None, order_note="adaptive 1/2", paper=PAPER_DPM, plan=ADAPTIVE)
 def dpm12(noise_fn, schedule, x, timesteps, rtol=0.05, atol=0.0078, h_init=0.05, theta=0.9, t_err=1e-5, max_nfe=10_000):
     """Adaptive DPM-Solver-12 (Algorithm 4 with orders 1 and 2)."""
     return _adaptive(noise_fn, schedule, x, timesteps[0], timesteps[-1], 2, rtol, atol, h_init, theta, t_err, max_nfe)
 
 
-@register("dpm23", order="adaptive 2/3", nfe_rule="adaptive (reported)", paper=PAPER_DPM, plan=ADAPTIVE, options=ADAPTIVE_OPTIONS)
+@register("dpm23", order=None, order_note="adaptive 2/3", paper=PAPER_DPM, plan=ADAPTIVE)
 def dpm23(noise_fn, schedule, x, timesteps, rtol=0.05, atol=0.0078, h_init=0.05, theta=0.9, t_err=1e-5, max_nfe=10_000):
     """Adaptive DPM-Solver-23 (Algorithm 4 with orders 2 and 3)."""
     return _adaptive(noise_fn, schedule, x, timesteps[0], timesteps[-1], 3, rtol, atol, h_init, theta, t_err, max_nfe)

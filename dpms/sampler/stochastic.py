@@ -13,8 +13,10 @@ from torch import Tensor
 from .registry import register
 from .steps import eval_at, to_data
 
+LISTING_POSITION = 90  # last in `dpms solvers`: the SDE baselines
 
-@register("euler-sde", order="1 (weak), 0.5 (strong)", nfe_rule="NFE = steps", paper="score_sde (Song et al. 2021b)", default_skip="time_uniform", stochastic=True)
+
+@register("euler-sde", order=None, order_note="1 (weak), 0.5 (strong)", paper="score_sde (Song et al. 2021b)", default_skip="time_uniform", stochastic=True)
 def euler_sde(noise_fn, schedule, x: Tensor, timesteps: Tensor, randn) -> Tensor:
     """Euler–Maruyama on the reverse-time SDE (score_sde Eq. 6), ∇ log q_t = −ε/σ_t:
 
@@ -35,7 +37,7 @@ def euler_sde(noise_fn, schedule, x: Tensor, timesteps: Tensor, randn) -> Tensor
     return x
 
 
-@register("ddpm", order="1 (weak)", nfe_rule="NFE = steps", paper="DDPM (Ho et al. 2020)", default_skip="time_uniform", stochastic=True)
+@register("ddpm", order=None, order_note="1 (weak)", paper="DDPM (Ho et al. 2020)", default_skip="time_uniform", stochastic=True)
 def ddpm(noise_fn, schedule, x: Tensor, timesteps: Tensor, randn) -> Tensor:
     """Ancestral sampling from the DDPM posterior q(x_t | x_s, x₀) between grid times s > t
     (Ho et al. 2020 Eq. 6–7, for arbitrary gaps as in DDIM with η = 1):
