@@ -274,17 +274,18 @@ def speed_target(model: str, checkpoint: str | None, device: str, random_weights
         return SpeedTarget(gmm.schedule, (gmm.dim,), None, noise_fn=lambda autocast=None, batch=1, net=None: net or gmm,
                            network=lambda autocast=None, batch=1: gmm, time_input=lambda t: t)
     from .models import build, checkpoints
-    from .models.checkpoints import LoadedModel, image_shape_of
+    from .models.architectures import architecture, image_shape_of, num_classes_of
+    from .models.checkpoints import LoadedModel
 
     if random_weights:
         preset = checkpoints.get_preset(model)
         if preset.kind != "model":
             raise DpmsError(f"{model} is a {preset.kind} preset; `dpms speed` times diffusion models")
         torch.manual_seed(seed)
-        net = build(preset.arch, preset.config).to(device).eval().requires_grad_(False)
+        net = architecture(preset.arch).for_sampling(build(preset.arch, preset.config)).to(device).eval().requires_grad_(False)
         loaded = LoadedModel(name=model, net=net, schedule=NoiseSchedule.from_spec(preset.schedule), preset=preset,
                              config=dict(preset.config), image_shape=image_shape_of(preset.arch, preset.config),
-                             num_classes=preset.num_classes if preset.arch != "adm" else preset.config.get("num_classes"),
+                             num_classes=num_classes_of(preset.arch, preset.config, preset.num_classes),
                              classifier_preset=preset.classifier)
     else:
         loaded = checkpoints.load(model, checkpoint=checkpoint, device=device)

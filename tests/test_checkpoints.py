@@ -624,9 +624,44 @@ def test_explicit_checkpoint_that_does_not_exist(tmp_path):
 )
 def test_unknown_format_is_one_line(tmp_path, content, message):
     path = _save(content, tmp_path / "odd.pt")
+    # a list is read as the DDIM format, so it goes to a preset that declares that format
+    preset = "celeba64-ddim" if isinstance(content, list) else "digits"
     with pytest.raises(DpmsError) as error:
-        load("digits", checkpoint=path)
+        load(preset, checkpoint=path, verify_hash=False)
     assert message in _one_line(error)
+
+
+@pytest.mark.parametrize(
+    "preset, content, found",
+    [("digits", [{"a": torch.zeros(1)}, {}, 1, 2], "ddim-list"),
+     ("celeba64-ddim", {"a": torch.zeros(1)}, "flat"),
+     ("scoresde-cifar10-ddpmpp-deep", {"a": torch.zeros(1)}, "flat")],
+)
+def test_file_in_another_format_than_the_preset_declares_is_one_line(tmp_path, preset, content, found):
+    path = _save(content, tmp_path / "other.pt")
+    declared = get_preset(preset).format
+    with pytest.raises(DpmsError) as error:
+        load(preset, checkpoint=path, verify_hash=False)
+    assert _one_line(error) == (
+        f"{path} is a {found} checkpoint but preset {preset} declares format {declared}; "
+        f"pass that preset's own {declared} file, or use a preset of format {found}"
+    )
+
+
+def test_a_folder_for_a_file_preset_is_refused_naming_both_formats(tmp_path):
+    folder = tmp_path / "unet"
+    folder.mkdir()
+    with pytest.raises(DpmsError) as error:
+        load("cifar10-ddpm", checkpoint=folder, verify_hash=False)
+    assert _one_line(error).startswith(f"{folder} is a diffusers checkpoint but preset cifar10-ddpm declares format flat; ")
+
+
+def test_openai_and_flat_are_one_layout(tmp_path):
+    """OpenAI `.pt` files are plain state_dicts: a flat file loads into an openai preset."""
+    from dpms.models.checkpoint_formats import FORMATS, Source, checked_format
+
+    path = _save({"a": torch.zeros(1)}, tmp_path / "flat.pt")
+    assert checked_format(Source(path), "openai", "preset x") is FORMATS["openai"]
 
 
 def test_pickled_code_is_never_loaded(tmp_path):

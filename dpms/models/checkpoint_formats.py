@@ -7,8 +7,13 @@
 | score_sde | `{'optimizer', 'model', 'ema', 'step'}`; `ema.shadow_params` is an unnamed list in parameter order | EMA values by position, buffers from `model` |
 | diffusers | a folder with config.json and diffusion_pytorch_model.safetensors or .bin | renamed to the ddpm layout |
 
-Files are read with `torch.load(weights_only=True)` or safetensors only: no pickled code is ever run.
-A `module.` prefix (DataParallel) is stripped whenever every key carries it.
+Files are read with `torch.load(weights_only=True)`, safetensors, or (EDM) an allowlisted unpickler only:
+no pickled code is ever run. A `module.` prefix (DataParallel) is stripped whenever every key carries it.
+
+A format is one `CheckpointFormat` subclass, registered in `FORMATS` by name: `exists` (is a copy present
+at a path), `detect` (does a file hold this format), `read` (the meta-built network and its state_dict),
+`fetch` (`dpms download`), `is_folder`. The loader reads a file with the format its preset declares, and a
+file of another format is refused naming both.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ from __future__ import annotations
 import hashlib
 import pickle
 from pathlib import Path
-from typing import Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Callable, ClassVar, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import DpmsError, strip_ansi
 
-FORMATS = ("flat", "openai", "ddim-list", "score_sde", "diffusers")
+if TYPE_CHECKING:
+    from .checkpoints import Preset
+
 HASHES = ("md5", "sha256")
 _SCORE_SDE_KEYS = {"model", "ema"}  # score_sde's checkpoint also has 'optimizer' and 'step'
 _FORMATS_HELP = (
@@ -108,15 +116,170 @@ def _is_tensor_dict(obj) -> bool:
     )
 
 
-def detect_format(obj) -> str:
-    """Name of the format of an object read from a checkpoint file (not a folder)."""
-    if isinstance(obj, (list, tuple)):
-        return "ddim-list"
-    if isinstance(obj, Mapping) and _SCORE_SDE_KEYS <= set(obj):
-        return "score_sde"
-    if _is_tensor_dict(obj):
-        return "flat"
-    raise DpmsError(f"unknown checkpoint format: {_describe(obj)}; {_FORMATS_HELP}")
+class Source:
+    """A checkpoint path whose content is read at most once, by whichever format asks first."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @cached_property
+    def torch_object(self):
+        """What `torch_load` reads from the file (tensor-only pickles and safetensors)."""
+        return torch_load(self.path)
+
+    @cached_property
+    def head(self) -> bytes:
+        """The file's first 4 KiB (format signatures)."""
+        with open(self.path, "rb") as f:
+            return f.read(4096)
+
+
+BuildMeta = Callable[[str, Mapping], nn.Module]  # (arch, config) -> network on the meta device
+
+
+class CheckpointFormat:
+    """One on-disk checkpoint layout. Subclasses set `name` and implement `detect` and `read`."""
+
+    name: ClassVar[str]
+    layout: ClassVar[str | None] = None  # formats with one layout under two names (flat, openai) share it
+    is_folder: ClassVar[bool] = False  # a folder of files (diffusers), not one file
+
+    def exists(self, path: Path) -> bool:
+        """Whether a complete copy is at `path` (an interrupted download is not)."""
+        return path.is_file()
+
+    def detect(self, source: Source) -> bool:
+        """Whether the file at `source` is in this format."""
+        raise NotImplementedError
+
+    def read(self, source: Source, preset: "Preset", config: dict, build_meta: BuildMeta) -> tuple[nn.Module, dict, dict[str, Tensor]]:
+        """(the preset's network built on the meta device, the config it was built from, the state_dict to load)."""
+        net = build_meta(preset.arch, config)
+        return net, config, self.state_dict(source, net)
+
+    def state_dict(self, source: Source, net: nn.Module) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def fetch(self, preset: "Preset", destination: Path, progress, timeout: float) -> None:
+        """Download the preset's file to `destination`, atomically and verified (`dpms download`)."""
+        from .download import fetch_file
+
+        fetch_file(preset, destination, progress, timeout)
+
+
+def _is_torch_file(source: Source) -> bool:
+    return not source.path.is_dir()
+
+
+class FlatFormat(CheckpointFormat):
+    """A plain state_dict (pesser's DDPM conversions, dpms's own files; safetensors too)."""
+
+    name = "flat"
+
+    def detect(self, source: Source) -> bool:
+        return _is_torch_file(source) and _is_tensor_dict(source.torch_object)
+
+    def state_dict(self, source: Source, net: nn.Module) -> dict[str, Tensor]:
+        return strip_module_prefix(source.torch_object)
+
+
+class OpenAIFormat(FlatFormat):
+    """OpenAI's `.pt` files: plain state_dicts as well (the name records where they come from)."""
+
+    name = "openai"
+    layout = "flat"
+
+
+class DdimListFormat(CheckpointFormat):
+    """ermongroup/ddim `ckpt.pth`: [model_state, optimizer_state, epoch, step, ema_state]."""
+
+    name = "ddim-list"
+
+    def detect(self, source: Source) -> bool:
+        return _is_torch_file(source) and isinstance(source.torch_object, (list, tuple))
+
+    def state_dict(self, source: Source, net: nn.Module) -> dict[str, Tensor]:
+        return _ddim_ema_state(source.torch_object, source.path)
+
+
+class ScoreSdeFormat(CheckpointFormat):
+    """score_sde's {'optimizer', 'model', 'ema', 'step'}; EMA shadow params matched to the network by position."""
+
+    name = "score_sde"
+
+    def detect(self, source: Source) -> bool:
+        obj = source.torch_object if _is_torch_file(source) else None
+        return isinstance(obj, Mapping) and _SCORE_SDE_KEYS <= set(obj)
+
+    def state_dict(self, source: Source, net: nn.Module) -> dict[str, Tensor]:
+        return _score_sde_ema_state(source.torch_object, net, source.path)
+
+
+def _formats() -> dict[str, CheckpointFormat]:
+    from .diffusers_format import DiffusersFormat
+
+    # detection order: folders and pickles with a signature first, then what torch.load reads
+    return {fmt.name: fmt for fmt in (DiffusersFormat(), FlatFormat(), OpenAIFormat(), DdimListFormat(), ScoreSdeFormat())}
+
+
+class _Registry(Mapping):
+    """`FORMATS`: name -> `CheckpointFormat`, built on first use (the folder and EDM formats live in their
+    own modules, which import this one)."""
+
+    def __getitem__(self, name: str) -> CheckpointFormat:
+        return self._table[name]
+
+    def __iter__(self):
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @cached_property
+    def _table(self) -> dict[str, CheckpointFormat]:
+        return _formats()
+
+
+FORMATS: Mapping[str, CheckpointFormat] = _Registry()
+
+
+def detect_format(source: Source) -> str:
+    """Name of the first format whose `detect` accepts the file or folder at `source`."""
+    for name, fmt in FORMATS.items():
+        if fmt.detect(source):
+            return name
+    raise DpmsError(f"unknown checkpoint format: {_describe(source.torch_object)}; {_FORMATS_HELP}")
+
+
+def checked_format(source: Source, declared: str, owner: str) -> CheckpointFormat:
+    """The declared format of `owner` (a preset), once the file is seen to be in it; a file in another
+    format is one line naming both."""
+    fmt, found = FORMATS[declared], FORMATS[detect_format(source)]
+    if (found.layout or found.name) == (fmt.layout or fmt.name):
+        return fmt
+    raise DpmsError(
+        f"{source.path} is a {found.name} checkpoint but {owner} declares format {declared}; "
+        f"pass that preset's own {declared} file, or use a preset of format {found.name}"
+    )
+
+
+def check_file_config(what: str, preset_name: str, config: Mapping, file_config: Mapping, own: str,
+                      ignored: tuple[str, ...] = ("dropout",)) -> None:
+    """A file (or folder) that defines its own network must define the preset's, apart from `ignored`
+    settings that do not change the sampled function (dropout is off at sampling)."""
+    for key, value in file_config.items():
+        if key in ignored:
+            continue
+        expected = config.get(key)
+        if _normalise(expected) != _normalise(value):
+            raise DpmsError(
+                f"{what} describes {key}={_normalise(value)}, but preset {preset_name} has "
+                f"{key}={_normalise(expected)}; point the preset at its own {own}"
+            )
+
+
+def _normalise(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _describe(obj) -> str:
@@ -153,22 +316,6 @@ def _score_sde_ema_state(ckpt: Mapping, net: nn.Module, path: Path) -> dict[str,
     state = {k: v for k, v in strip_module_prefix(ckpt["model"]).items() if k not in set(names)}
     state.update(zip(names, shadow))
     return state
-
-
-def read_weights(path: Path, net_for_score_sde: nn.Module | None = None) -> tuple[str, dict[str, Tensor]]:
-    """(format, state_dict) of a checkpoint file in any of the file formats (not diffusers folders).
-
-    score_sde's EMA list is matched to names by position, so that format needs the (meta) network.
-    """
-    obj = torch_load(path)
-    fmt = detect_format(obj)
-    if fmt == "ddim-list":
-        return fmt, _ddim_ema_state(obj, path)
-    if fmt == "score_sde":
-        if net_for_score_sde is None:
-            raise DpmsError(f"{path} is a score_sde checkpoint; its EMA weights can only be read onto a network")
-        return fmt, _score_sde_ema_state(obj, net_for_score_sde, path)
-    return fmt, strip_module_prefix(obj)
 
 
 def load_strict(net: nn.Module, state_dict: Mapping[str, Tensor], source: str, what: str) -> nn.Module:

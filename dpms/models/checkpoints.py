@@ -29,7 +29,8 @@ from ..errors import DpmsError, MissingFileError
 from ..images import UINT8_CONVENTIONS
 from ..model_wrapper import MODEL_TYPES, TIME_MAPS, NoiseFn, wrap_model
 from ..schedule import NoiseSchedule
-from .checkpoint_formats import FORMATS, HASHES, UnreadableCheckpoint, file_hash, load_strict, read_weights
+from .architectures import architecture, build, image_shape_of, num_classes_of
+from .checkpoint_formats import FORMATS, HASHES, Source, UnreadableCheckpoint, checked_format, file_hash, load_strict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = REPO_ROOT / "checkpoints" / "registry.yaml"
@@ -70,7 +71,7 @@ class Preset:
 
     @property
     def is_folder(self) -> bool:
-        return self.format == "diffusers"
+        return self.format is not None and FORMATS[self.format].is_folder
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -172,12 +173,8 @@ def search_paths(preset: Preset) -> list[Path]:
 
 
 def _exists(preset: Preset, path: Path) -> bool:
-    """A file, or a diffusers folder with config.json and weights (an interrupted copy is not present)."""
-    if preset.is_folder:
-        from .diffusers_format import is_complete_folder
-
-        return is_complete_folder(path)
-    return path.is_file()
+    """A complete copy in the preset's format (a diffusers folder needs config.json and weights)."""
+    return FORMATS[preset.format].exists(path) if preset.format else path.is_file()
 
 
 def find_checkpoint(preset: str | Preset) -> Path | None:
@@ -249,20 +246,7 @@ def verify_hash(preset: Preset, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ networks
-def image_shape_of(arch: str, config: Mapping) -> tuple[int, int, int]:
-    """[C, H, W] of one sample as the network's config describes it."""
-    if arch == "ddpm":
-        return (int(config.get("in_channels", 3)), int(config["resolution"]), int(config["resolution"]))
-    if arch in ("adm", "adm-classifier"):
-        return (int(config["in_channels"]), int(config["image_size"]), int(config["image_size"]))
-    if arch == "ncsnpp":
-        return (int(config.get("num_channels", 3)), int(config.get("image_size", 32)), int(config.get("image_size", 32)))
-    raise DpmsError(f"architecture {arch!r} has no image shape")
-
-
 def _build_meta(arch: str, config: Mapping) -> nn.Module:
-    from .architectures import build
-
     with torch.device("meta"):
         return build(arch, config)
 
@@ -289,36 +273,11 @@ def _read_network(preset: Preset, config: dict, path: Path) -> tuple[nn.Module, 
 
 
 def _read_network_from(preset: Preset, config: dict, path: Path) -> tuple[nn.Module, dict]:
-    if path.is_dir():
-        from .diffusers_format import load_diffusers_unet
-
-        if preset.arch != "ddpm":
-            raise DpmsError(f"{path} is a folder (diffusers format) but preset {preset.name} is a {preset.arch} network")
-        folder_config, state_dict = load_diffusers_unet(path)
-        _check_folder_config(preset.name, config, folder_config, path)
-        config, fmt = folder_config, "diffusers"
-        net = _build_meta(preset.arch, config)
-    else:
-        net = _build_meta(preset.arch, config)
-        fmt, state_dict = read_weights(path, net_for_score_sde=net)
-    return load_strict(net, state_dict, str(path), f"preset {preset.name} ({preset.arch}, {fmt} format)"), config
-
-
-def _check_folder_config(name: str, config: Mapping, folder_config: Mapping, path: Path) -> None:
-    """A diffusers folder defines its own network; it must be the preset's (dropout aside: unused at sampling)."""
-    for key, value in folder_config.items():
-        if key == "dropout":
-            continue
-        expected = config.get(key)
-        if _normalise(expected) != _normalise(value):
-            raise DpmsError(
-                f"diffusers folder {path} describes {key}={_normalise(value)}, but preset {name} has "
-                f"{key}={_normalise(expected)}; point the preset at its own folder"
-            )
-
-
-def _normalise(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
+    """Read `path` in the preset's declared format (a file in another format is refused naming both)."""
+    source = Source(path)
+    fmt = checked_format(source, preset.format, f"preset {preset.name}")
+    net, config, state_dict = fmt.read(source, preset, config, _build_meta)
+    return load_strict(net, state_dict, str(path), f"preset {preset.name} ({preset.arch}, {fmt.name} format)"), config
 
 
 def _network_time_scale(preset: Preset, schedule: NoiseSchedule) -> float:
@@ -481,7 +440,7 @@ def _load_network(preset: Preset, checkpoint, device, dtype, config_override, ve
     if verify:
         verify_hash(preset, path)
     net, config = _read_network(preset, config, path)
-    net = net.to(device=device, dtype=dtype).eval()
+    net = architecture(preset.arch).for_sampling(net).to(device=device, dtype=dtype).eval()
     net.requires_grad_(False)  # sampling needs no parameter gradients (guidance differentiates w.r.t. x)
     return net, config, path
 
@@ -513,7 +472,7 @@ def load(
         preset=preset,
         config=config,
         image_shape=image_shape_of(preset.arch, config),
-        num_classes=config.get("num_classes") if preset.arch == "adm" else preset.num_classes,
+        num_classes=num_classes_of(preset.arch, config, preset.num_classes),
         classifier_preset=preset.classifier,
         checkpoint=path,
     )

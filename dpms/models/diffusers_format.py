@@ -31,6 +31,7 @@ from typing import Mapping
 from torch import Tensor
 
 from ..errors import DpmsError, MissingFileError
+from .checkpoint_formats import CheckpointFormat, Source, UnreadableCheckpoint, check_file_config, torch_load
 
 # (config key, diffusers default when absent, value the DDPM network needs)
 _REQUIRED_SETTINGS = (
@@ -234,8 +235,6 @@ def _unet_folder(folder: Path) -> Path:
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """Tensors of a .safetensors or .bin weight file, read without executing pickled code; a damaged
     file is an `UnreadableCheckpoint` naming it."""
-    from .checkpoint_formats import UnreadableCheckpoint, torch_load
-
     state = torch_load(path)
     if not (isinstance(state, Mapping) and all(isinstance(v, Tensor) for v in state.values())):
         raise UnreadableCheckpoint(path, f"it holds a {type(state).__name__}, not a dict of tensors")
@@ -244,8 +243,6 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
 
 def _read_config(path: Path) -> dict:
     """config.json; an interrupted download or an HTML error page is an `UnreadableCheckpoint`."""
-    from .checkpoint_formats import UnreadableCheckpoint
-
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -264,3 +261,28 @@ def load_diffusers_unet(folder: str | Path) -> tuple[dict, dict[str, Tensor]]:
         if (unet / name).is_file():
             return config, ddpm_state_dict_from_diffusers(read_state_dict(unet / name))
     raise MissingFileError(f"no {' or '.join(WEIGHT_FILES)} in {unet}; download the diffusers weights next to config.json")
+
+
+class DiffusersFormat(CheckpointFormat):
+    """A diffusers `UNet2DModel` folder (or a pipeline folder with `unet/`), read onto the ddpm layout."""
+
+    name = "diffusers"
+    is_folder = True
+
+    def exists(self, path: Path) -> bool:
+        return is_complete_folder(path)
+
+    def detect(self, source: Source) -> bool:
+        return source.path.is_dir()
+
+    def read(self, source: Source, preset, config: dict, build_meta):
+        if preset.arch != "ddpm":
+            raise DpmsError(f"{source.path} is a folder (diffusers format) but preset {preset.name} is a {preset.arch} network")
+        folder_config, state_dict = load_diffusers_unet(source.path)
+        check_file_config(f"diffusers folder {source.path}", preset.name, config, folder_config, "folder")
+        return build_meta(preset.arch, folder_config), folder_config, state_dict
+
+    def fetch(self, preset, destination: Path, progress, timeout: float) -> None:
+        from .download import fetch_diffusers_folder
+
+        fetch_diffusers_folder(preset, destination, progress, timeout)

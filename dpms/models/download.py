@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DpmsError
+from .checkpoint_formats import FORMATS
 from .checkpoints import Preset, as_preset, default_directory, published_hash_mismatch
 from .diffusers_format import WEIGHT_FILES, is_complete_folder
 
@@ -75,7 +76,7 @@ def _fetch(url: str, destination: Path, expected: tuple[str, str] | None, progre
             os.remove(temporary)
 
 
-def _fetch_diffusers_folder(preset: Preset, folder: Path, progress: Progress | None, timeout: float) -> None:
+def fetch_diffusers_folder(preset: Preset, folder: Path, progress: Progress | None, timeout: float) -> None:
     """config.json and one weight file of a Hugging Face diffusers repository, made complete or not at all.
 
     Both files are fetched into a temporary folder beside `folder`; only then do they move into place,
@@ -149,12 +150,15 @@ def download(
         raise DpmsError(
             f"{preset.name} is hosted at {preset.url}, which needs a browser; download it by hand and put it at {destination}"
         )
-    if preset.is_folder:
-        _fetch_diffusers_folder(preset, destination, progress, timeout)
-        return destination
+    FORMATS[preset.format].fetch(preset, destination, progress, timeout)
+    return destination
+
+
+def fetch_file(preset: Preset, destination: Path, progress: Progress | None, timeout: float) -> None:
+    """One file from `preset.url`, kept where it is when it already matches the published hash."""
     damaged = destination.is_file() and published_hash_mismatch(preset, destination) is not None
     if destination.is_file() and not damaged:
-        return destination
+        return
     # A damaged file stays where it is until the new one is complete and verified (`_fetch` renames over it).
     try:
         _fetch(preset.url, destination, preset.hash, progress, timeout)
@@ -168,4 +172,3 @@ def download(
                 f"delete {destination}, then run `dpms download {preset.name}` again or download it by hand from {preset.url}"
             ) from None
         raise DpmsError(f"{e}; download it by hand and put it at {destination}") from None
-    return destination
