@@ -142,7 +142,7 @@ def sample_command(
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network (CUDA only)"),
     channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format for network and batch"),
     skip: Optional[str] = typer.Option(None, help="time grid: logSNR, time_uniform, time_quadratic, discrete_uniform, discrete_quadratic"),
-    t_end: Optional[float] = typer.Option(None, help="end time ε of the grid (default: the schedule's: 1/N for discrete models, 1e-3 for score_sde's continuous VP; DPM-Solver uses 1e-4 above 15 NFE there)"),
+    t_end: Optional[float] = typer.Option(None, help="end time ε of the grid, inside the schedule's range (default: the schedule's: 1/N for discrete models, the smallest time they have; 1e-3 for score_sde's continuous VP, where DPM-Solver uses 1e-4 above 15 NFE)"),
     classifier: Optional[str] = typer.Option(None, help="noisy classifier checkpoint for classifier guidance"),
     guidance_scale: float = typer.Option(0.0, help="classifier guidance scale s"),
     labels: Optional[str] = typer.Option(None, help="class labels, comma-separated (default: random from the seed)"),

@@ -17,3 +17,8 @@ class DpmsError(Exception):
 
 class MissingFileError(DpmsError, FileNotFoundError):
     """A checkpoint, statistics file or feature-network weight file is not where dpms looked."""
+
+
+class NonFiniteError(DpmsError):
+    """A sampling run produced NaN or ±inf (network output or samples): nothing of it may be written as a result.
+    `dpms bench` records the cell as diverged and goes on; `dpms sample` writes nothing of the batch."""

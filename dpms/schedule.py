@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from .errors import DpmsError
+
 CLIPPED_LAMBDA = -5.1  # official DPM-Solver: drop trailing discrete steps whose λ is below this
 
 
@@ -200,6 +202,27 @@ class NoiseSchedule:
     @property
     def is_discrete(self) -> bool:
         return self.kind == "discrete"
+
+    @property
+    def t_min(self) -> float:
+        """The smallest time at which α, σ and λ are defined: a discrete table's first time t_0 = 1/N (below
+        it log α would extrapolate above 0, so σ is NaN); continuous schedules are defined on (0, T]."""
+        return float(self.t_array[0]) if self.kind == "discrete" else 0.0
+
+    def range_text(self) -> str:
+        """The schedule's time range as text, e.g. "[0.001, 1]" (discrete) or "(0, 1]" (continuous)."""
+        return f"[{self.t_min:g}, {self.T:g}]" if self.kind == "discrete" else f"(0, {self.T:g}]"
+
+    def check_times(self, t_start: float, t_end: float, what: str = "t_end") -> None:
+        """Raise a one-line DpmsError unless t_min ≤ t_end < t_start ≤ T (t_end > 0 for continuous schedules).
+
+        Outside the range the schedule has no α/σ (σ of a discrete table is NaN below 1/N), so a solver
+        would silently produce NaN samples; the error names the range instead."""
+        low_ok = t_end >= self.t_min * (1 - 1e-12) if self.kind == "discrete" else t_end > 0.0
+        if not (math.isfinite(t_end) and math.isfinite(t_start) and low_ok and t_end < t_start <= self.T * (1 + 1e-12)):
+            op = "≤" if self.is_discrete else "<"
+            raise DpmsError(f"{what}={t_end:g} with t_start={t_start:g} is outside the time range {self.range_text()} of schedule "
+                            f"{self.name or self.kind}; use {self.t_min:g} {op} t_end < t_start ≤ {self.T:g}")
 
     # ------------------------------------------------------------------ α, σ, λ
     def log_alpha(self, t) -> Tensor:

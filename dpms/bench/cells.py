@@ -29,14 +29,14 @@ from ..sampler.registry import SolverSpec, get_solver
 from .config import BenchConfig, SolverEntry, TEndRule
 
 PACKAGE = Path(__file__).resolve().parents[1]
-# the source that decides a cell's number: solvers, schedule, wrapper, networks and their weight mapping,
-# quantisation, features and statistics, the per-sample noise and sharding of a cell. Not listed: the CLI,
-# reports, downloads, config parsing and error messages, which change no number.
-NUMERICS = ("sampler/*.py", "schedule.py", "model_wrapper.py", "images.py", "digits.py",
-            "models/adm.py", "models/architectures.py", "models/ddpm.py", "models/diffusers_format.py", "models/gmm.py",
-            "models/ncsnpp.py", "models/checkpoints.py",
-            "evaluation/features.py", "evaluation/fid.py", "evaluation/frechet.py", "evaluation/inception.py", "evaluation/stats.py",
-            "bench/runner.py", "bench/distributed.py")
+# The code that produces a cell's number, found by following dpms's imports (module-level and inside
+# functions) from the module that runs cells: solvers, schedule, targets, networks and their weight
+# mapping, quantisation, features and statistics, per-sample noise, sharding. A new or moved module is
+# covered as soon as that code imports it. Left out (and not followed): modules that only present or
+# store numbers already computed, or word errors; none of them can move a number.
+CELL_ENTRY_POINTS = ("dpms.bench.runner",)
+PRESENTATION_ONLY = frozenset({"dpms.bench.report", "dpms.bench.check", "dpms.plot", "dpms.atomic", "dpms.errors",
+                               "dpms.models.download", "dpms.cli"})
 FULL_HASH_LIMIT = 256 << 20  # files up to 256 MiB are hashed whole; larger ones by size, head and tail
 PROBE_NFES = range(1, 61)
 
@@ -191,20 +191,85 @@ def assign_keys(cells: list[Cell], config: BenchConfig, identity: dict) -> None:
         _assign_key(cell, config, identity)
 
 
-def numerics_files() -> list[Path]:
-    """The NUMERICS files, and the preset registry (schedules, time maps, model types)."""
+def _module_file(name: str, root: Path) -> Path | None:
+    """The source file of dpms module `name` under the package folder `root` (None: not a dpms module)."""
+    parts = name.split(".")
+    if parts[0] != root.name:
+        return None
+    base = root.joinpath(*parts[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported_modules(name: str, path: Path) -> set[str]:
+    """Every dpms module that module `name` imports anywhere in its source (absolute or relative), with the
+    packages above each (importing a.b.c runs a/__init__ and a/b/__init__)."""
+    import ast
+
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from . import sampler` imports a module
+    with_parents = set()
+    for module in found:
+        parts = module.split(".")
+        with_parents.update(".".join(parts[:k]) for k in range(1, len(parts) + 1))
+    return with_parents
+
+
+def numerics_modules(root: Path = PACKAGE, entry_points=CELL_ENTRY_POINTS) -> dict[str, Path]:
+    """The dpms modules (name → file) reachable by imports from the cell entry points, less PRESENTATION_ONLY."""
+    todo = [m for entry in entry_points for m in (entry, *_parents(entry))]
+    seen: dict[str, Path] = {}
+    while todo:
+        name = todo.pop()
+        if name in seen or name in PRESENTATION_ONLY:
+            continue
+        path = _module_file(name, root)
+        if path is None:
+            continue
+        seen[name] = path
+        todo.extend(_imported_modules(name, path))
+    return seen
+
+
+def _parents(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:k]) for k in range(1, len(parts))]
+
+
+def numerics_files(root: Path = PACKAGE) -> list[Path]:
+    """The source files of `numerics_modules`, and the preset registry (schedules, time maps, model types)."""
     from ..models.checkpoints import REGISTRY
 
-    return sorted({f for pattern in NUMERICS for f in PACKAGE.glob(pattern)} | ({REGISTRY} if REGISTRY.is_file() else set()))
+    registry = root.parent / REGISTRY.relative_to(PACKAGE.parent) if REGISTRY.is_relative_to(PACKAGE.parent) else REGISTRY
+    return sorted(set(numerics_modules(root).values()) | ({registry} if registry.is_file() else set()))
+
+
+def fingerprint_of_sources(root: Path = PACKAGE) -> str:
+    """sha256 of the numerics files under the package folder `root`: relative path and content, in a fixed order."""
+    digest = hashlib.sha256()
+    for path in numerics_files(root):
+        digest.update(path.relative_to(root.parent).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 @lru_cache(maxsize=1)
 def numerics_fingerprint() -> str:
-    """sha256 of dpms's numerical source files (NUMERICS), in a fixed order."""
-    digest = hashlib.sha256()
-    for path in numerics_files():
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+    """The fingerprint of dpms's numerical source (`numerics_files`) that every cell key includes."""
+    return fingerprint_of_sources(PACKAGE)
 
 
 def _assign_key(cell: Cell, config: BenchConfig, identity: dict) -> None:

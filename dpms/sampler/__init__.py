@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import DpmsError
+from ..errors import DpmsError, NonFiniteError
 from ..schedule import NoiseSchedule
 from .grids import SKIP_TYPES, make_grid
 from .registry import SolverSpec, default_grid, get_solver, solvers, sort_registry  # noqa: F401
@@ -51,11 +51,11 @@ class SampleInfo:
 class CountingNoiseFn:
     """Counts network calls, and remembers whether any prediction was non-finite.
 
-    Each call keeps one number on the device, the float32 sum of its prediction (NaN or ±inf exactly
-    when an entry is, short of an overflow no noise prediction comes near): one reduction per call and
-    no host synchronisation inside the sampling loop. `raise_if_non_finite` reads them once, after the
-    loop. Adaptive solvers synchronise every step anyway (to accept or reject it) and a NaN error
-    estimate would never be accepted, so with `eager=True` each call is checked at once.
+    Each call keeps one boolean on the device, whether every entry of its prediction is finite (checked in
+    the prediction's own dtype: a float32 sum would flag a huge finite float64 prediction as inf): one
+    reduction per call and no host synchronisation inside the sampling loop. `raise_if_non_finite` reads
+    them once, after the loop. Adaptive solvers synchronise every step anyway (to accept or reject it) and
+    a NaN error estimate would never be accepted, so with `eager=True` each call is checked at once.
     """
 
     def __init__(self, noise_fn, check_finite: bool, eager: bool = False):
@@ -63,30 +63,40 @@ class CountingNoiseFn:
         self.calls = 0
         self.check_finite = check_finite
         self.eager = eager
-        self._sums: list[Tensor] = []
+        self._finite: list[Tensor] = []
         self._times: list[Tensor] = []
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self.calls += 1
         eps = self.noise_fn(x, t)
         if self.check_finite:
-            self._sums.append(eps.sum(dtype=torch.float32))
+            self._finite.append(torch.isfinite(eps).all())
             self._times.append(t)
-            if self.eager and not bool(torch.isfinite(self._sums[-1])):
+            if self.eager and not bool(self._finite[-1]):
                 self.raise_if_non_finite()
         return eps
 
     def raise_if_non_finite(self) -> None:
-        if not self._sums:
+        if not self._finite:
             return
-        finite = torch.isfinite(torch.stack(self._sums))
+        finite = torch.stack(self._finite)
         if bool(finite.all()):
             return
         first = int((~finite).nonzero()[0, 0])
-        raise DpmsError(
-            f"the network returned NaN/inf at call {first + 1} of {self.calls} (t={float(self._times[first].reshape(-1)[0]):.4g}); "
-            "check the checkpoint and --dtype (try fp32)"
+        raise NonFiniteError(
+            f"the network returned NaN/inf at call {first + 1} of {self.calls} (t={float(self._times[first].reshape(-1)[0]):.4g}): "
+            "the solver diverged (try more NFE or another solver) or the network fails at this precision (try --dtype fp32)"
         )
+
+
+def raise_if_non_finite_samples(x: Tensor, solver: str, nfe) -> None:
+    """A sample with NaN/inf is never returned: finite ε can still give a non-finite x (an overflowing
+    step, a σ or α outside the schedule), and a NaN image would be written as a black one."""
+    finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise NonFiniteError(f"{bad} of {x.shape[0]} samples of solver {solver!r} at NFE {nfe} are NaN/inf; "
+                             "nothing of them is kept: try more NFE, another solver or the default --t-end")
 
 
 def per_sample_randn(seeds, device=None, dtype=None):
@@ -115,11 +125,11 @@ def _prepare(spec: SolverSpec, schedule, dtype, device, nfe, skip, t_start, t_en
         ts = torch.as_tensor(timesteps, dtype=torch.float64).to(dtype=dtype, device=device)
         if ts.dim() != 1 or len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
             raise DpmsError("timesteps must be a 1-D strictly decreasing sequence of at least 2 times")
+        schedule.check_times(float(ts[0]), float(ts[-1]), what="timesteps[-1]")
         return ts, "explicit", _with_steps(spec, options, spec.plan.explicit(ts, plan_options))
     t_start = schedule.T if t_start is None else float(t_start)
     t_end = schedule.t_end if t_end is None else float(t_end)
-    if not (0.0 < t_end < t_start <= schedule.T + 1e-12):
-        raise DpmsError(f"need 0 < t_end < t_start ≤ T={schedule.T}, got t_start={t_start}, t_end={t_end}")
+    schedule.check_times(t_start, t_end)
     skip = skip or spec.skip_for(schedule)
     if skip not in SKIP_TYPES:
         raise DpmsError(f"unknown skip type {skip!r}; use one of {', '.join(SKIP_TYPES)}")
@@ -185,6 +195,8 @@ def sample(
         # α, σ, λ of every grid point computed once; the solver still sees only a NoiseSchedule.
         x = spec.fn(counted, schedule.on_grid(ts), x_T, ts, **options)
     counted.raise_if_non_finite()
+    if check_finite:
+        raise_if_non_finite_samples(x, solver, nfe)
     planned = spec.plan.nfe(ts, options.get("steps"))
     if planned is not None and counted.calls != planned:
         raise RuntimeError(f"internal error: solver {solver!r} made {counted.calls} network calls, its plan {planned}")
