@@ -9,6 +9,7 @@ from .errors import DpmsError
 from .model_wrapper import wrap_model
 from .sampler import SampleInfo, sample, solvers
 from .schedule import NoiseSchedule
+from .version import __version__
+from .digits import features as _digits_features  # noqa: F401 (declares the "digits" feature kind: dpms.evaluation.kinds)
 
-__version__ = "0.1.0"
 __all__ = ["NoiseSchedule", "wrap_model", "sample", "solvers", "SampleInfo", "DpmsError", "__version__"]

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .errors import DpmsError, strip_ansi
+from .evaluation.kinds import FEATURE_KINDS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast ODE solvers for diffusion models, and FID benchmarks.")
 console = Console()
@@ -197,7 +198,7 @@ def train_digits_command(
     """Train the digits DDPM (ε-prediction, L_simple), write the EMA weights, card and a DDIM-50 sample grid."""
     import torch
 
-    from .digits import check_digits_ddpm, reproduce_digits_ddpm
+    from .digits.training import check_digits_ddpm, reproduce_digits_ddpm
 
     torch.set_num_threads(threads)
     if check_only:
@@ -220,7 +221,7 @@ def train_digits_classifier_command(
     """Train the digit classifier behind "FD (digits features)" and write its weights and the real-data stats."""
     import torch
 
-    from .digits import reproduce_digits_classifier
+    from .digits.training import reproduce_digits_classifier
 
     torch.set_num_threads(threads)
     info = reproduce_digits_classifier(epochs=epochs, seed=seed, directory=out, console=console)
@@ -387,7 +388,7 @@ def bench_command(
 # ---------------------------------------------------------------------------------------------
 # dpms stats / dpms fid
 # ---------------------------------------------------------------------------------------------
-_FEATURES_HELP = "feature network: inception (FID), digits (the shipped digit classifier), exact (the samples themselves)"
+_FEATURES_HELP = "feature network: " + ", ".join(f"{kind.name} ({kind.help})" for kind in FEATURE_KINDS.values())
 
 
 @app.command("stats")

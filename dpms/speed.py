@@ -34,19 +34,20 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 import warnings
-import weakref
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import sampler
 from .errors import DpmsError
-from .generate import DTYPES, check_network_options
-from .schedule import NoiseSchedule
+from .evaluation.kinds import default_feature_kind
+from .images import to_uint8
+from .memory import AllocationTracker, auto_batch, peak_bytes, solver_copies, timed  # noqa: F401 (also dpms.speed.*, their old home)
+from .models.checkpoints import get_preset
+from .sampler.multistep import lowers_final_order
+from .target import DTYPES, load_target
 
 # The solvers diffusers also implements, read from their registrations (SolverSpec.diffusers): solver ->
 # (diffusers scheduler class name, its options, NFE -> num_inference_steps). An option value AS_DPMS is
@@ -114,84 +115,10 @@ def median_interval(values, level: float = 0.95) -> tuple[float, float] | None:
     return None if k == 0 else (xs[k - 1], xs[n - k])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-# ------------------------------------------------------------------------------------- memory
-class AllocationTracker(TorchDispatchMode):
-    """Peak bytes of tensor storage created while active and still alive (any device).
-
-    Every op's output whose storage is new is counted until its last tensor dies. This sees what the
-    Python-visible computation keeps alive (solver history, activations between layers), not kernel
-    workspaces; on CUDA `torch.cuda.max_memory_allocated` is exact and is used instead.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.live: dict[int, list] = {}  # storage pointer -> [bytes, number of live tensors]
-        self.current = 0
-        self.peak = 0
-
-    def _release(self, key: int) -> None:
-        entry = self.live.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.current -= entry[0]
-            del self.live[key]
-
-    def _track(self, tensor: Tensor) -> None:
-        storage = tensor.untyped_storage()
-        key = storage.data_ptr()
-        if key == 0:
-            return
-        if key in self.live:
-            self.live[key][1] += 1
-        else:
-            self.live[key] = [storage.nbytes(), 1]
-            self.current += storage.nbytes()
-            self.peak = max(self.peak, self.current)
-        weakref.finalize(tensor, self._release, key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(tensor, Tensor) and not tensor.is_meta:
-                self._track(tensor)
-        return out
-
-
-def peak_bytes(fn, device: torch.device) -> tuple[int, str]:
-    """(peak bytes allocated while fn runs, how it was measured)."""
-    if device.type == "cuda":
-        _sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        _sync(device)
-        return torch.cuda.max_memory_allocated(device) - base, "torch.cuda.max_memory_allocated"
-    with AllocationTracker() as tracker:
-        fn()
-    return tracker.peak, "live tensor storage created during the call (dpms.speed.AllocationTracker)"
-
-
 # ------------------------------------------------------------------------------------- diffusers
 def diffusers_options(solver: str, nfe: int):
     """(scheduler class name, its constructor options, NFE -> num_inference_steps) for `solver` at `nfe`,
     with AS_DPMS resolved to what dpms's solver does at that NFE."""
-    from .sampler.multistep import lowers_final_order
-
     name, options, steps_for = DIFFUSERS_EQUIVALENT[solver]
     mode = sampler.get_solver(solver).options.get("lower_order_final")
     options = {k: (lowers_final_order(mode, steps_for(nfe)) if v == AS_DPMS else v) for k, v in options.items()}
@@ -242,123 +169,10 @@ def _diffusers_loop(solver: str, schedule, network, nfe: int, device: torch.devi
 
 
 # ------------------------------------------------------------------------------------- targets
-@dataclass
-class SpeedTarget:
-    """What `dpms speed` times.
-
-    noise_fn(autocast, batch, net=None): dpms's wrapped noise predictor ε(x, t) (the preset's labels,
-    time map, learned-σ split, autocast), around `net` if given (a stand-in with the network's signature);
-    network(autocast, batch): the bare call (x, t_in) -> ε with the same labels and autocast, nothing else
-    (for learned-σ networks the ε channels, a view); time_input(t): the network's time input at times t.
-    For `gmm` all three are the closed-form ε itself and the identity.
-    """
-
-    schedule: NoiseSchedule
-    shape: tuple[int, ...]
-    loaded: object | None  # dpms.models.checkpoints.LoadedModel, None for gmm
-    noise_fn: object
-    network: object
-    time_input: object
-
-
-def speed_target(model: str, checkpoint: str | None, device: str, random_weights: bool, seed: int = 0) -> SpeedTarget:
-    """The `SpeedTarget` of `gmm`, `digits` or any preset.
-
-    `random_weights` builds the preset's network with its published configuration and random weights
-    (timing does not depend on the weights), so real architectures are measured without their files.
-    """
-    if model == "gmm":
-        from .models import GaussianMixture
-
-        gmm = GaussianMixture.default()
-        return SpeedTarget(gmm.schedule, (gmm.dim,), None, noise_fn=lambda autocast=None, batch=1, net=None: net or gmm,
-                           network=lambda autocast=None, batch=1: gmm, time_input=lambda t: t)
-    from .models import build, checkpoints
-    from .models.architectures import architecture, image_shape_of, num_classes_of
-    from .models.checkpoints import LoadedModel
-
-    if random_weights:
-        preset = checkpoints.get_preset(model)
-        if preset.kind != "model":
-            raise DpmsError(f"{model} is a {preset.kind} preset; `dpms speed` times diffusion models")
-        torch.manual_seed(seed)
-        net = architecture(preset.arch).for_sampling(build(preset.arch, preset.config)).to(device).eval().requires_grad_(False)
-        loaded = LoadedModel(name=model, net=net, schedule=NoiseSchedule.from_spec(preset.schedule), preset=preset,
-                             config=dict(preset.config), image_shape=image_shape_of(preset.arch, preset.config),
-                             num_classes=num_classes_of(preset.arch, preset.config, preset.num_classes),
-                             classifier_preset=preset.classifier)
-    else:
-        loaded = checkpoints.load(model, checkpoint=checkpoint, device=device)
-    from .model_wrapper import time_input
-
-    def labels(batch: int) -> Tensor | None:
-        if not loaded.num_classes:
-            return None
-        return torch.arange(batch, device=device) % loaded.num_classes
-
-    def make(autocast=None, batch=1, net=None):
-        target = loaded if net is None else replace(loaded, net=net, _unguided=None)
-        return target.noise_fn(y=labels(batch), autocast_dtype=autocast)
-
-    def network(autocast=None, batch=1):
-        net, y, channels = loaded.net, labels(batch), loaded.image_shape[0]
-        kwargs = {} if y is None else {"y": y}
-        learned_sigma = loaded.preset.learned_sigma
-
-        def bare(x: Tensor, t_in: Tensor) -> Tensor:
-            if autocast is None:
-                out = net(x, t_in, **kwargs)
-            else:
-                with torch.autocast(device_type=x.device.type, dtype=autocast):
-                    out = net(x, t_in, **kwargs)
-            return out[:, :channels] if learned_sigma else out
-
-        return bare
-
-    return SpeedTarget(loaded.schedule, tuple(loaded.image_shape), loaded, noise_fn=make, network=network,
-                       time_input=lambda t: time_input(loaded.schedule, t, loaded.preset.time_map, loaded.time_scale))
-
-
-def solver_copies(solver: str, schedule: NoiseSchedule, shape: tuple[int, ...], nfe: int, dtype: torch.dtype) -> int:
-    """Copies of the batch a dpms loop holds at its peak besides the network's own memory: its history of
-    predictions (O(order): 1 for DDIM, up to 4 for PNDM's AB4) plus the temporaries of one update.
-
-    Measured, not guessed: the whole loop with a network that returns a fresh copy of a precomputed
-    tensor (a new output per call, as a real network's, which the solver may keep), at a small batch on
-    the CPU (`AllocationTracker`: live tensor storage), rounded up to whole batches.
-    """
-    per_image = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    batch = max(2, min(64, math.ceil(2**16 / per_image)))  # ≥ 64 KiB a copy: the grid's scalars do not count
-    x = torch.zeros((batch, *shape), dtype=dtype)
-    eps = torch.zeros_like(x)
-    peak, _ = peak_bytes(lambda: sampler.sample(lambda x, t: eps.clone(), schedule, x, solver=solver, nfe=nfe), torch.device("cpu"))
-    return math.ceil(peak / (x.numel() * x.element_size()))
-
-
-def auto_batch(forward_at, device: torch.device, start: int = 16, limit: int = 8192, extra_copies: int = 0) -> int:
-    """The batch to time.
-
-    On CUDA: the largest power of two (up to `limit`) whose forward pass fits in memory while
-    `extra_copies` further copies of the batch are allocated, the headroom the sampling loop needs for
-    the solver's own state (`solver_copies`: order-dependent, 5 batches for DDIM, 9 for DPM-Solver-3, 12 for PNDM,
-    13–14 for the third-order multistep solvers; `measure_speed` adds 2 for diffusers' scheduler, whose
-    history is about as long). `forward_at(batch, hold)` runs one forward pass at `batch` while holding
-    `hold` copies of it. Sized by the forward pass alone, the batch would leave the loop out of memory.
-    On CPU: the power of two after which images/s stop improving by 5 %.
-    """
-    hold = extra_copies if device.type == "cuda" else 0
-    best, best_rate, batch = start, 0.0, start
-    while batch <= limit:
-        try:
-            seconds = min(_timed(lambda: forward_at(batch, hold), device) for _ in range(2))
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            break
-        rate = batch / seconds
-        if device.type != "cuda" and rate < 1.05 * best_rate:
-            break
-        best, best_rate, batch = batch, rate, batch * 2
-    return best
+def speed_target(*args, **kwargs):
+    """Gone: `dpms speed` times a `dpms.target.Target` (`noise_fn` → `make_noise_fn(y, net)`, `network(y)`)."""
+    raise DpmsError("dpms.speed.speed_target is gone; use dpms.target.load_target(model, checkpoint, device, "
+                    "random_weights=...), whose Target has make_noise_fn(y, net), network(y) and time_input(t)")
 
 
 # ------------------------------------------------------------------------------------- FID features
@@ -369,29 +183,17 @@ def feature_extractor(model: str, device: torch.device):
     """(description, images in [−1, 1] -> features) of the FID pipeline of `model`, with random weights
     (the cost of the trained ones) so that nothing is read or downloaded.
 
-    Image models: 8-bit quantisation exactly as `dpms bench` does (`dpms.images.to_uint8` with the preset's
-    uint8 convention, then the extractor's `from_uint8`), then pytorch-fid's InceptionV3 up to pool3, which
-    resizes to 299×299; `digits`: the same quantisation, then the digits feature network; `gmm`: the
-    samples themselves.
+    The feature kind is the model's default (`dpms.evaluation.default_feature_kind`: pytorch-fid's InceptionV3
+    up to pool3, which resizes to 299×299; the digits feature network for the 1×8×8 digits; the samples
+    themselves for `gmm`). Images are first quantised to 8 bits exactly as `dpms bench` does
+    (`dpms.images.to_uint8` with the preset's uint8 convention, then the extractor's `from_uint8`).
     """
-    from .evaluation import IdentityFeatures, ModuleFeatures
-    from .images import to_uint8
-    from .models.checkpoints import get_preset
-
-    if model == "gmm":
-        return "the samples themselves (FD in data space)", IdentityFeatures(device=device)
-    if model == "digits":
-        from .digits import FEATURES_NAME, DigitsClassifier
-
-        extractor = ModuleFeatures(DigitsClassifier().features.to(device), name=FEATURES_NAME)
-        description = "digits feature network (random weights), 8-bit images"
-    else:
-        from .evaluation.inception import InceptionFeatures
-
-        extractor = InceptionFeatures.random_weights(device)
-        description = "pytorch-fid InceptionV3 pool3 (random weights), 8-bit images resized to 299×299"
-    convention = get_preset(model).uint8
-    return description, lambda x: extractor.from_uint8(to_uint8(x, convention))
+    preset = get_preset(model)
+    kind = default_feature_kind(tuple(preset.image_shape), preset.kind != "exact")
+    extractor = kind.random_weights(device)
+    if not kind.images:
+        return kind.timing, extractor
+    return kind.timing, lambda x: extractor.from_uint8(to_uint8(x, preset.uint8))
 
 
 def feature_cost(model: str, shape: tuple[int, ...], device: torch.device, batch: int, repeats: int) -> dict:
@@ -406,7 +208,7 @@ def feature_cost(model: str, shape: tuple[int, ...], device: torch.device, batch
             extract(images)
 
     run()  # warm-up
-    samples = [_timed(run, device) for _ in range(min(repeats, 3))]
+    samples = [timed(run, device) for _ in range(min(repeats, 3))]
     return {"network": description, "batch": feature_batch, "samples": samples,
             "seconds_50k": 50_000 * statistics.median(samples) / feature_batch}
 
@@ -438,24 +240,22 @@ def measure_speed(
     spec = sampler.get_solver(solver)
     if spec.adaptive or spec.stochastic:
         raise DpmsError(f"`dpms speed` times fixed-NFE ODE solvers; {solver} is {'adaptive' if spec.adaptive else 'stochastic'}")
-    check_network_options(model, dtype, channels_last, compile, cuda_graphs)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DpmsError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    target = speed_target(model, checkpoint, device, random_weights)
-    schedule, shape, loaded = target.schedule, target.shape, target.loaded
+    if get_preset(model).kind == "classifier":
+        raise DpmsError(f"{model} is a classifier preset; `dpms speed` times diffusion models")
+    target = load_target(model, checkpoint, device, dtype, channels_last=channels_last, compile=compile,
+                         cuda_graphs=cuda_graphs, random_weights=random_weights)
+    schedule, shape, x_dtype = target.schedule, target.shape, target.sample_dtype
     sampler.validate(solver, schedule, nfe=nfe)  # impossible NFE: one line, before any work
-    x_dtype = torch.float64 if model == "gmm" else torch.float32
-    if loaded is not None and (channels_last or compile or cuda_graphs):
-        from .models.acceleration import accelerate
-
-        loaded.net = accelerate(loaded.net, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs)
-    autocast = DTYPES[dtype] if loaded is not None else None
-    memory_format = torch.channels_last if channels_last and len(shape) == 3 else torch.contiguous_format
 
     def inputs(b: int) -> Tensor:
         g = torch.Generator().manual_seed(0)
-        return torch.randn((b, *shape), generator=g, dtype=x_dtype).to(dev).contiguous(memory_format=memory_format)
+        return target.in_layout(torch.randn((b, *shape), generator=g, dtype=x_dtype).to(dev))
+
+    def batch_labels(b: int) -> Tensor | None:
+        return target.labels(list(range(b)), 0, dev)
 
     def mid_time_input(b: int) -> Tensor:
         return target.time_input(torch.full((b,), 0.5, dtype=x_dtype, device=dev))
@@ -463,7 +263,7 @@ def measure_speed(
     def forward_at(b: int, hold: int = 0):
         held = [torch.empty((b, *shape), dtype=x_dtype, device=dev) for _ in range(hold)]  # noqa: F841 (headroom)
         with torch.inference_mode():
-            return target.network(autocast, b)(inputs(b), mid_time_input(b))
+            return target.network(batch_labels(b))(inputs(b), mid_time_input(b))
 
     if batch == "auto":
         extra = solver_copies(solver, schedule, shape, nfe, x_dtype) + 2 if dev.type == "cuda" else 0
@@ -471,8 +271,9 @@ def measure_speed(
     batch = int(batch)
     if batch < 1:
         raise DpmsError(f"--batch must be positive or 'auto', got {batch}")
-    noise_fn = target.noise_fn(autocast, batch)  # dpms's wrapper: part of what dpms costs
-    network = target.network(autocast, batch)  # the bare call: the floor, and what diffusers drives
+    y = batch_labels(batch)
+    noise_fn = target.make_noise_fn(y)  # dpms's wrapper: part of what dpms costs
+    network = target.network(y)  # the bare call: the floor, and what diffusers drives
     x_T = inputs(batch)
     t_in_mid = mid_time_input(batch)
     with torch.inference_mode():  # the null network's answer: a precomputed prediction in x's dtype
@@ -488,7 +289,7 @@ def measure_speed(
         _, info["sample"] = sampler.sample(noise_fn, schedule, x_T, solver=solver, nfe=nfe, return_info=True)
 
     null_network = lambda x, t, **kwargs: eps_null  # noqa: E731
-    null_noise_fn = target.noise_fn(autocast, batch, net=null_network)  # the same wrapper around it
+    null_noise_fn = target.make_noise_fn(y, net=null_network)  # the same wrapper around it
 
     def null_loop():
         sampler.sample(null_noise_fn, schedule, x_T, solver=solver, nfe=nfe)
@@ -527,7 +328,7 @@ def measure_speed(
     inner = {name: 1 for name in runners}
     for name in ("null_dpms", "null_diffusers"):
         if name in runners:
-            inner[name] = max(1, min(1000, math.ceil(0.02 / max(_timed(runners[name], dev), 1e-6))))
+            inner[name] = max(1, min(1000, math.ceil(0.02 / max(timed(runners[name], dev), 1e-6))))
     timings = {name: [] for name in runners}
     order = list(runners)
     for i in range(repeats):
@@ -536,7 +337,7 @@ def measure_speed(
         for name in order if i % 2 == 0 else order[::-1]:
             fn = runners[name]
             k = inner[name]
-            timings[name].append(_timed(fn if k == 1 else lambda: [fn() for _ in range(k)], dev) / k)
+            timings[name].append(timed(fn if k == 1 else lambda: [fn() for _ in range(k)], dev) / k)
         if progress is not None:
             progress(i + 1, repeats)
     median = {name: statistics.median(values) for name, values in timings.items()}
@@ -550,7 +351,7 @@ def measure_speed(
     sampling_50k = 50_000 * median["dpms"] / batch
     features = feature_cost(model, shape, dev, batch, repeats)
     report = SpeedReport(
-        model=model, solver=solver, nfe=nfe_used, batch=batch, device=str(dev), dtype=dtype if loaded is not None else "fp64",
+        model=model, solver=solver, nfe=nfe_used, batch=batch, device=str(dev), dtype=target.network_dtype,
         compile=compile or cuda_graphs, channels_last=channels_last, repeats=repeats,
         forward_seconds=median["forward"], loop_seconds=median["dpms"],
         seconds_per_image=median["dpms"] / batch, images_per_second=batch / median["dpms"],

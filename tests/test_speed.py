@@ -268,13 +268,13 @@ def test_fid_feature_pipeline_is_the_bench_one():
 
 
 def _counting_speed_target(monkeypatch):
-    """Patch dpms.speed.speed_target so that the test sees every call of the real network and of
+    """Patch dpms.speed.load_target so that the test sees every call of the real network and of
     dpms's wrapper around it (calls of the wrapper around the null network are counted apart)."""
     import dpms.models.checkpoints as checkpoints
     import dpms.speed as speed
 
     calls = {"wrapper": 0, "null wrapper": 0, "net": 0, "net time inputs": []}
-    real_wrap, real_target = checkpoints.wrap_model, speed.speed_target
+    real_wrap, real_target = checkpoints.wrap_model, speed.load_target
 
     def wrap_model(net, *args, **kwargs):
         inner = real_wrap(net, *args, **kwargs)
@@ -287,18 +287,18 @@ def _counting_speed_target(monkeypatch):
         counted.thresholding = inner.thresholding
         return counted
 
-    def speed_target(*args, **kwargs):
+    def load_target(*args, **kwargs):
         target = real_target(*args, **kwargs)
 
         def hook(module, inputs):
             calls["net"] += 1
             calls["net time inputs"].append(inputs[1].clone())
 
-        target.loaded.net.register_forward_pre_hook(hook)
+        target.module.register_forward_pre_hook(hook)
         return target
 
     monkeypatch.setattr(checkpoints, "wrap_model", wrap_model)
-    monkeypatch.setattr(speed, "speed_target", speed_target)
+    monkeypatch.setattr(speed, "load_target", load_target)
     return calls
 
 
@@ -360,9 +360,9 @@ def test_solver_copies_are_the_measured_peak_of_the_loop(gmm, solver, nfe):
 def test_cuda_auto_batch_leaves_room_for_the_solver_state(monkeypatch):
     """With a fake GPU of 1000 'images' of memory where a forward pass takes 2 per image: the forward
     alone fits 256 images (2·256 + 256 inputs); with 12 copies of the batch held it fits only 64."""
-    import dpms.speed as speed
+    import dpms.memory as memory
 
-    monkeypatch.setattr(speed, "_sync", lambda device: None)
+    monkeypatch.setattr(memory, "_sync", lambda device: None)
     held = []
 
     def forward_at(batch, hold):
@@ -371,8 +371,8 @@ def test_cuda_auto_batch_leaves_room_for_the_solver_state(monkeypatch):
             raise torch.cuda.OutOfMemoryError("fake")
 
     cuda = torch.device("cuda")
-    assert speed.auto_batch(forward_at, cuda) == 256
-    assert speed.auto_batch(forward_at, cuda, extra_copies=12) == 64 and set(held[-3:]) == {12}
+    assert memory.auto_batch(forward_at, cuda) == 256
+    assert memory.auto_batch(forward_at, cuda, extra_copies=12) == 64 and set(held[-3:]) == {12}
     assert 64 * (1 + 2 + 12) <= 1000 < 128 * (1 + 2 + 12)
 
 

@@ -17,7 +17,8 @@ from rich.console import Console
 
 from .check import CheckResult, compare, load_baseline
 from .config import DEFAULT_CONFIG, BenchConfig, Overrides, apply_overrides, load_config, parse_config
-from .runner import BenchResult
+from .distributed import init_world
+from .runner import BenchResult, check_save_images, prepare, run_cells
 
 __all__ = ["run_benchmark", "load_config", "parse_config", "apply_overrides", "Overrides", "BenchConfig",
            "BenchResult", "compare", "load_baseline", "CheckResult", "DEFAULT_CONFIG", "default_out_dir"]
@@ -44,9 +45,6 @@ def run_benchmark(
     Under torchrun (WORLD_SIZE > 1) the samples of each cell are shared between the processes; only
     rank 0 writes, and only rank 0's result carries the JSON document.
     """
-    from .distributed import init_world
-    from .runner import check_save_images, prepare, run_cells
-
     check_save_images(config, save_images)
     console = console or Console()
     world = init_world(device)

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__, sampler
+from .. import sampler
 from ..errors import DpmsError
 from ..sampler.registry import SolverSpec, get_solver
+from ..version import __version__
 from .config import BenchConfig, SolverEntry, TEndRule
 
 PACKAGE = Path(__file__).resolve().parents[1]

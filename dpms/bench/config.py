@@ -39,10 +39,11 @@ from pathlib import Path
 import yaml
 
 from ..errors import DpmsError, MissingFileError
+from ..evaluation.kinds import FEATURE_KINDS
+from ..models.checkpoints import get_preset
 from ..sampler.noise import MAX_SAMPLES, MAX_SEED
 from ..sampler.registry import default_grid
 
-FEATURE_KINDS = ("inception", "digits", "exact")
 CONFIDENCE = ("paper", "secondary-high", "secondary", "secondary-low", "none")  # the reference's labels
 TOP_KEYS = {
     "name", "description", "source", "confidence", "notes", "model", "features", "reference_stats",
@@ -433,9 +434,9 @@ def apply_overrides(config: BenchConfig, o: Overrides) -> BenchConfig:
         c.source, c.confidence = "", "none"
         c.name, c.out, c.notes = f"{config.name}-{o.model}", None, ""
         c.description = f"The solvers and grid of {config.name} run on model {o.model} (--model); no published numbers apply."
-        if o.model == "gmm":
+        if get_preset(o.model).kind == "exact":
             c.features, c.reference_stats, c.ode_error = "exact", None, True
-        elif c.features == "exact":
+        elif not FEATURE_KINDS[c.features].images:
             c.features = "inception"
     if o.checkpoint is not None:
         c.model.checkpoint = o.checkpoint

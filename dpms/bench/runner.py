@@ -33,8 +33,12 @@ from rich.console import Console
 
 from .. import sampler
 from ..errors import DpmsError, MissingFileError
+from ..evaluation import FeatureStats, feature_extractor, frechet_distance
+from ..evaluation.kinds import get_feature_kind
+from ..evaluation.stats import load_stats
 from ..images import save_grid, to_uint8
-from ..sampler.noise import labels, step_noise_seeds
+from ..models.checkpoints import get_preset, resolve_checkpoint
+from ..target import Target, describe_target, load_target
 from . import report
 from .cells import Cell, Skipped, assign_keys, fingerprint, plan_cells
 from .config import BenchConfig, candidate_paths, resolve_path
@@ -59,11 +63,9 @@ class Prepared:
     config: BenchConfig
     cells: list[Cell]
     skipped: list[Skipped]
-    target: object  # dpms.generate.Target
+    target: Target
     metric: Metric
-    label_classes: int | None  # classes to draw labels from (conditional or guided models)
     ode_model: object | None = None  # the exact model, when errors against its ODE are measured
-    sample_dtype: torch.dtype = torch.float32
 
 
 @dataclass
@@ -79,45 +81,35 @@ class BenchResult:
 
 # ------------------------------------------------------------------------------------ preparation
 def _model_info(config: BenchConfig):
-    """(schedule, image shape or None, preset or None) without loading any weights."""
-    if config.model.preset == "gmm":
-        from ..models import GaussianMixture
-
-        return GaussianMixture.default().schedule, None, None
-    from ..models.checkpoints import get_preset
-    from ..schedule import NoiseSchedule
-
-    preset = get_preset(config.model.preset)
-    if preset.kind == "classifier":
-        raise DpmsError(f"{preset.name} is a noisy classifier, not a diffusion model; name it in model.classifier")
-    if preset.kind == "exact":
-        raise DpmsError(f"preset {preset.name!r} is exact but not 'gmm'; use model: gmm")
-    return NoiseSchedule.from_spec(preset.schedule), tuple(preset.image_shape), preset
+    """(schedule, image shape or None for vectors, preset) without loading any weights."""
+    preset, schedule, shape, is_image = describe_target(config.model.preset)
+    return schedule, shape if is_image else None, preset
 
 
 def _check_metric_fits(config: BenchConfig, image_shape) -> None:
     where = str(config.path or config.name)
-    exact_model = config.model.preset == "gmm"
-    if config.features == "exact" and not exact_model:
-        raise DpmsError(f"{where}: features 'exact' need the exact model (model: gmm); use digits or inception features")
-    if exact_model and config.features != "exact":
-        raise DpmsError(f"{where}: the exact model gmm makes vectors, not images; use features: exact")
+    exact_model = image_shape is None
+    kind = get_feature_kind(config.features)
+    if not kind.images and not exact_model:
+        raise DpmsError(f"{where}: features {kind.name!r} need the exact model (model: gmm); use digits or inception features")
+    if exact_model and kind.images:
+        raise DpmsError(f"{where}: the exact model {config.model.preset} makes vectors, not images; use features: exact")
     if config.ode_error and not exact_model:
         raise DpmsError(f"{where}: ode_error needs the exact model (model: gmm)")
-    if config.features == "digits" and image_shape != (1, 8, 8):
-        raise DpmsError(f"{where}: digits features need 1×8×8 images but {config.model.preset} makes {image_shape}; use features: inception")
+    if kind.images and not kind.accepts(image_shape, True):
+        shape = "×".join(map(str, kind.image_shape))
+        raise DpmsError(f"{where}: {kind.name} features need {shape} images but {config.model.preset} makes {image_shape}; use features: inception")
     if config.model.guidance_scale and exact_model:
         raise DpmsError(f"{where}: the exact model takes no guidance")
 
 
 def _reference_path(config: BenchConfig) -> Path | None:
-    if config.features == "exact":
+    kind = get_feature_kind(config.features)
+    if not kind.images:
         return None
     if config.reference_stats is None:
-        if config.features == "digits":
-            from ..digits import DIGITS_DIR, STATS_FILE
-
-            return DIGITS_DIR / STATS_FILE
+        if kind.reference is not None:
+            return kind.reference
         raise DpmsError(f"{config.path or config.name}: FID needs reference_stats (an .npz with mu and sigma); pass --ref-stats PATH")
     path = resolve_path(config.reference_stats, config)
     if not path.is_file():
@@ -128,16 +120,12 @@ def _reference_path(config: BenchConfig) -> Path | None:
 def _missing_reference_message(config: BenchConfig) -> str:
     """Names every absolute path looked at, and how to make the file where the config expects it."""
     places = candidate_paths(config.reference_stats, config)
-    hint = "run `dpms train digits-classifier`" if config.features == "digits" else (
-        f"create it with `dpms stats TRAIN_IMAGES_DIR --out {places[-1]}` (pytorch-fid's statistics of the training images) "
-        "or download the published file")
+    hint = get_feature_kind(config.features).reference_hint.format(path=places[-1])
     return (f"reference statistics {config.reference_stats} not found (looked at {' and '.join(map(str, places))}); "
             f"{hint}, or pass --ref-stats PATH")
 
 
 def _load_reference(path: Path, dims: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    from ..evaluation.stats import load_stats
-
     stats = load_stats(path)
     if stats.mu.shape != (dims,):
         raise DpmsError(f"reference statistics {path} have {stats.mu.shape[0]}-d features but {metric} gives {dims}-d; wrong file")
@@ -146,10 +134,8 @@ def _load_reference(path: Path, dims: int, metric: str) -> tuple[np.ndarray, np.
 
 def _checkpoint_paths(config: BenchConfig, preset) -> tuple[Path | None, Path | None]:
     """(checkpoint, classifier checkpoint) paths; a missing file is a one-line MissingFileError."""
-    if preset is None:
+    if preset.kind == "exact":
         return None, None
-    from ..models.checkpoints import get_preset, resolve_checkpoint
-
     checkpoint = resolve_checkpoint(preset, resolve_path(config.model.checkpoint, config))
     classifier = None
     if config.model.guidance_scale:
@@ -161,8 +147,8 @@ def _checkpoint_paths(config: BenchConfig, preset) -> tuple[Path | None, Path | 
 
 def check_save_images(config: BenchConfig, save_images: bool) -> None:
     """--save-images writes PNGs; the exact model's samples are vectors, so asking for them is a mistake."""
-    if save_images and config.model.preset == "gmm":
-        raise DpmsError("--save-images needs an image model, but the exact model gmm makes vectors; drop --save-images")
+    if save_images and _model_info(config)[1] is None:
+        raise DpmsError(f"--save-images needs an image model, but the exact model {config.model.preset} makes vectors; drop --save-images")
 
 
 def prepare(config: BenchConfig, device: str = "cpu", acceleration: dict | None = None) -> Prepared:
@@ -171,20 +157,15 @@ def prepare(config: BenchConfig, device: str = "cpu", acceleration: dict | None 
     Order: preset, metric/model fit, solvers and NFEs (plan), reference statistics file, feature network
     (Inception weights), reference statistics content, checkpoint files; then the network is loaded.
     """
-    from ..evaluation import feature_extractor
-    from ..generate import load_target
-
     schedule, image_shape, preset = _model_info(config)
     _check_metric_fits(config, image_shape)
     cells, skipped = plan_cells(config, schedule)
     reference = _reference_path(config)
     extractor = feature_extractor(config.features, resolve_path(config.inception_weights, config), device)
     name = extractor.name  # "FID (Inception)", "FD (digits features)" or "FD (exact features)"
-    if preset is None:
-        from ..models import GaussianMixture
-
-        gmm = GaussianMixture.default()
-        mu_ref, sigma_ref = gmm.mean.numpy(), gmm.cov.numpy()  # the exact data moments
+    if reference is None:  # the exact model: its exact data moments
+        exact = load_target(config.model.preset).exact
+        mu_ref, sigma_ref = exact.mean.numpy(), exact.cov.numpy()
     else:
         mu_ref, sigma_ref = _load_reference(reference, extractor.dims, name)
     checkpoint, classifier = _checkpoint_paths(config, preset)
@@ -195,28 +176,20 @@ def prepare(config: BenchConfig, device: str = "cpu", acceleration: dict | None 
             "classifier": fingerprint(classifier),
             "guidance_scale": config.model.guidance_scale,
             "dtype": config.model.dtype,
-            "uint8": preset.uint8 if preset is not None else None,
+            "uint8": preset.uint8 if image_shape is not None else None,
         },
         "metric": {"features": config.features, "reference": fingerprint(reference), "ode_error": config.ode_error},
     }
-    if config.features == "digits":
-        from ..digits import CLASSIFIER_FILE, DIGITS_DIR
-
-        identity["metric"]["feature_network"] = fingerprint(DIGITS_DIR / CLASSIFIER_FILE)
+    weights = get_feature_kind(config.features).weights
+    if weights is not None:
+        identity["metric"]["feature_network"] = fingerprint(weights)
     assign_keys(cells, config, identity)
     target = load_target(config.model.preset, str(checkpoint) if checkpoint else None, device, config.model.dtype,
                          str(classifier) if classifier else None, config.model.guidance_scale, **(acceleration or {}))
-    label_classes = target.num_classes
-    if label_classes is None and config.model.guidance_scale:
-        from ..models.checkpoints import get_preset
-
-        label_classes = get_preset(preset.classifier).num_classes
     return Prepared(
         config=config, cells=cells, skipped=skipped, target=target,
         metric=Metric(name, extractor, extractor.dims, mu_ref, sigma_ref),
-        label_classes=label_classes,
-        ode_model=target.extra.get("gmm") if config.ode_error else None,
-        sample_dtype=torch.float64 if preset is None else torch.float32,
+        ode_model=target.exact if config.ode_error else None,
     )
 
 
@@ -266,8 +239,6 @@ def _features(prep: Prepared, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_images: bool, keep_grid: bool,
              on_batch=None, ode_cache: dict | None = None) -> dict | None:
     """Sample this rank's share of a cell; on rank 0 return the merged record (None elsewhere)."""
-    from ..evaluation import FeatureStats
-
     config, target = prep.config, prep.target
     stats = FeatureStats(prep.metric.dims)
     nfe_used: list[tuple[int, int]] = []  # (samples, NFE) per batch
@@ -277,13 +248,8 @@ def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_image
     seconds = sampling_seconds = 0.0  # the exact-solution reference is measurement, not sampling: not timed
     for idx in shard(cell, config, world):
         start = time.perf_counter()
-        x_T = target.initial_noise(idx, config.seed, world.device, prep.sample_dtype)
-        y = labels(prep.label_classes, idx, config.seed).to(world.device) if prep.label_classes else None
-        noise_fn = target.make_noise_fn(y)
-        x, info = sampler.sample(
-            noise_fn, target.schedule, x_T, solver=cell.spec.name, nfe=cell.nfe, skip=cell.skip, t_end=cell.t_end,
-            seeds=step_noise_seeds(idx, config.seed), return_info=True, **cell.entry.options,
-        )
+        x, info, x_T, _ = target.draw(idx, config.seed, world.device, cell.spec.name, cell.nfe, skip=cell.skip,
+                                      t_end=cell.t_end, **cell.entry.options)
         nfe_used.append((len(idx), info.nfe))
         sampling_seconds += time.perf_counter() - start
         features, u8 = _features(prep, x)
@@ -324,8 +290,8 @@ def _ode_errors(prep: Prepared, x, x_T, idx, t_end: float, cache: dict | None) -
     if cache is not None and key in cache:
         reference = cache[key]
     else:
-        gmm = prep.ode_model
-        reference = sampler.ode_reference(gmm, gmm.schedule, x_T, t_end=t_end)
+        exact = prep.ode_model
+        reference = sampler.ode_reference(exact, exact.schedule, x_T, t_end=t_end)
         if cache is not None:
             cache[key] = reference
     return (x.double() - reference.double()).flatten(1).norm(dim=1).cpu()
@@ -341,8 +307,6 @@ def _save_pngs(u8: torch.Tensor, idx: list[int], folder: Path) -> None:
 
 
 def _record(prep: Prepared, cell: Cell, stats, parts: list[dict], world: World) -> dict:
-    from ..evaluation import frechet_distance
-
     config = prep.config
     value = float(frechet_distance(stats.mu, stats.sigma, prep.metric.mu_ref, prep.metric.sigma_ref))
     batches = [b for part in parts for b in part["nfe_used"]]

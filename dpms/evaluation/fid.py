@@ -8,27 +8,17 @@ from pathlib import Path
 import torch
 
 from ..errors import DpmsError
-from .features import FeatureExtractor, IdentityFeatures
+from .features import FeatureExtractor
 from .frechet import frechet_distance
-from .inception import InceptionFeatures
+from .kinds import FEATURE_KINDS, get_feature_kind  # noqa: F401 (FEATURE_KINDS: also importable from here, its old home)
 from .sources import open_source, source_kind
 from .stats import FeatureStats, GaussianStats, load_stats
 
-FEATURE_KINDS = ("inception", "digits", "exact")
-
 
 def feature_extractor(kind: str, inception_weights: str | Path | None = None, device: str = "cpu") -> FeatureExtractor:
-    """The extractor of a kind: "inception" → InceptionFeatures (FID); "digits" → the shipped digit
-    classifier's features; "exact" → the samples themselves, any size (the exact Gaussian-mixture model)."""
-    if kind == "inception":
-        return InceptionFeatures(inception_weights, device=device)
-    if kind == "digits":
-        from ..digits import digits_features
-
-        return digits_features(device)
-    if kind == "exact":
-        return IdentityFeatures(device=device)
-    raise DpmsError(f"unknown features {kind!r}; choose one of {', '.join(FEATURE_KINDS)}")
+    """The extractor of a feature kind (`dpms.evaluation.kinds`): "inception" → InceptionFeatures (FID);
+    "digits" → the shipped digit classifier's features; "exact" → the samples themselves, any size."""
+    return get_feature_kind(kind).extractor(inception_weights, device=device)
 
 
 def compute_stats(source, extractor: FeatureExtractor, batch_size: int = 50, device: str | torch.device | None = None,
@@ -97,8 +87,7 @@ def fid_of_paths(samples: str | Path, reference: str | Path, features: str = "in
                  progress: bool = False) -> tuple[str, float]:
     """`dpms fid`: (metric name, value). Each side is a folder, a samples .npz or a statistics .npz;
     both are checked, and the feature network loaded only if one side needs it, before any work."""
-    if features not in FEATURE_KINDS:
-        raise DpmsError(f"unknown features {features!r}; choose one of {', '.join(FEATURE_KINDS)}")
+    kind = get_feature_kind(features)
     if batch_size < 1:
         raise DpmsError(f"--batch must be positive, got {batch_size}")
     sides = [samples, reference]
@@ -114,15 +103,6 @@ def fid_of_paths(samples: str | Path, reference: str | Path, features: str = "in
         side_stats if side_stats is not None else compute_stats(side, extractor, batch_size, progress=progress).gaussian()
         for side, side_stats in zip(sides, stats)
     )
-    name = extractor.name if extractor is not None else _metric_name(features)
+    name = extractor.name if extractor is not None else kind.label
     return name, frechet_distance(first.mu, first.sigma, second.mu, second.sigma)
 
-
-def _metric_name(features: str) -> str:
-    if features == "inception":
-        return InceptionFeatures.name
-    if features == "digits":
-        from ..digits import FEATURES_NAME
-
-        return FEATURES_NAME
-    return IdentityFeatures.name

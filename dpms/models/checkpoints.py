@@ -339,7 +339,23 @@ class LoadedModel:
     num_classes: int | None
     classifier_preset: str | None
     checkpoint: Path | None = None
-    _unguided: NoiseFn | None = field(default=None, repr=False)
+    _unguided: NoiseFn | None = field(default=None, init=False, repr=False)  # not copied by dataclasses.replace
+
+    @classmethod
+    def of(cls, preset: Preset, net: nn.Module, config: Mapping | None = None, checkpoint: Path | None = None) -> LoadedModel:
+        """A preset's network `net` (built with `config`, default the preset's) with everything to sample it."""
+        config = dict(preset.config if config is None else config)
+        return cls(
+            name=preset.name,
+            net=net,
+            schedule=NoiseSchedule.from_spec(preset.schedule),
+            preset=preset,
+            config=config,
+            image_shape=image_shape_of(preset.arch, config),
+            num_classes=num_classes_of(preset.arch, config, preset.num_classes),
+            classifier_preset=preset.classifier,
+            checkpoint=checkpoint,
+        )
 
     @property
     def time_scale(self) -> float:
@@ -465,17 +481,7 @@ def load(
     if preset.kind == "classifier":
         raise DpmsError(f"{preset.name} is a noisy classifier; load it with load_classifier({preset.name!r})")
     net, config, path = _load_network(preset, checkpoint, device, dtype, config_override, verify_hash)
-    return LoadedModel(
-        name=preset.name,
-        net=net,
-        schedule=NoiseSchedule.from_spec(preset.schedule),
-        preset=preset,
-        config=config,
-        image_shape=image_shape_of(preset.arch, config),
-        num_classes=num_classes_of(preset.arch, config, preset.num_classes),
-        classifier_preset=preset.classifier,
-        checkpoint=path,
-    )
+    return LoadedModel.of(preset, net, config, path)
 
 
 def load_classifier(

@@ -1,0 +1,64 @@
+"""The data of the digits model: scikit-learn's 1,797 8×8 handwritten digits (bundled with scikit-learn,
+no download), grey levels 0..16 mapped to [−1, 1], shape (1797, 1, 8, 8); the fixed train / held-out split
+of the feature network; where the shipped files live."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import MissingFileError
+
+DIGITS_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "digits"
+CLASSIFIER_FILE = "digits_classifier.pt"
+STATS_FILE = "digits_stats.npz"
+DDPM_FILE = "digits_ddpm.pt"
+SAMPLES_FILE = "samples_ddim50.png"
+
+SPLIT_SEED = 0  # numpy RandomState seed of the fixed train / held-out split of the classifier
+HELD_OUT_SIZE = 360  # ~20 % of 1797
+
+
+@lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
+
+
+def load_digits_images() -> Tensor:
+    """All 1,797 digits as a float32 tensor (1797, 1, 8, 8) in [−1, 1] (grey level g ↦ g/16·2 − 1)."""
+    images, _ = _digits_arrays()
+    return torch.from_numpy(images / 16.0 * 2.0 - 1.0).unsqueeze(1)
+
+
+def load_digits_labels() -> Tensor:
+    """The digit (0..9) of each image of `load_digits_images()`, int64 (1797,)."""
+    return torch.from_numpy(_digits_arrays()[1].copy())
+
+
+def digits_split() -> tuple[Tensor, Tensor]:
+    """(train indices, held-out indices) of the fixed split: 1,437 / 360 images.
+
+    numpy's legacy RandomState is used because its stream is frozen across numpy versions.
+    """
+    order = np.random.RandomState(SPLIT_SEED).permutation(len(_digits_arrays()[1]))
+    held_out = np.sort(order[:HELD_OUT_SIZE])
+    train = np.sort(order[HELD_OUT_SIZE:])
+    return torch.from_numpy(train), torch.from_numpy(held_out)
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def require_file(path: Path, how_to_make: str) -> Path:
+    if not path.is_file():
+        raise MissingFileError(f"{path} not found; {how_to_make}")
+    return path

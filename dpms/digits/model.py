@@ -1,0 +1,40 @@
+"""The digits diffusion model: dpms's DDPM U-Net (ermongroup/ddim's, shrunk to 8×8 single-channel images)
+trained with ε-prediction and L_simple on DDPM's linear betas (N = 1000); the EMA weights ship in
+`digits_ddpm.pt`. Its configuration and schedule are the `digits` entry of checkpoints/registry.yaml, the
+only copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models import build
+from ..models.checkpoints import get_preset
+from ..schedule import NoiseSchedule
+from .data import DDPM_FILE, DIGITS_DIR, require_file
+
+PRESET = "digits"
+DIGITS_DDPM_CONFIG = dict(get_preset(PRESET).config)  # copies: the registry entry is cached and shared
+DIGITS_SCHEDULE_SPEC = dict(get_preset(PRESET).schedule)
+
+
+def digits_schedule() -> NoiseSchedule:
+    """DDPM's linear betas, N = 1000 (the schedule the shipped model was trained on)."""
+    return NoiseSchedule.from_spec(DIGITS_SCHEDULE_SPEC)
+
+
+def build_digits_ddpm() -> nn.Module:
+    """The digits U-Net with the registry's configuration, randomly initialised."""
+    return build("ddpm", DIGITS_DDPM_CONFIG)
+
+
+def load_digits_ddpm(device="cpu", directory: Path | None = None) -> nn.Module:
+    """The shipped diffusion network (EMA weights), eval mode; it predicts ε from (x_n, n), n ∈ [0, 999]."""
+    path = require_file(Path(directory or DIGITS_DIR) / DDPM_FILE, "run `dpms train digits` to create it")
+    with torch.device("meta"):
+        model = build_digits_ddpm()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True, assign=True)
+    return model.to(device).eval()
+

@@ -1,0 +1,188 @@
+"""Training and reproducing the shipped digits files (`dpms train digits-classifier`, `dpms train digits`):
+checkpoints/README.md lists them; their cards checkpoints/digits/digits_ddpm.json and
+checkpoints/digits/digits_classifier.json record the settings, wall time and the numbers they produced."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import Tensor
+
+from ..errors import DpmsError
+from ..training import train_noise_predictor
+from .classifier import FEATURE_DIM, DigitsClassifier, augment, classifier_accuracy, feature_statistics, load_digits_classifier
+from .data import (CLASSIFIER_FILE, DDPM_FILE, DIGITS_DIR, HELD_OUT_SIZE, SAMPLES_FILE, SPLIT_SEED, STATS_FILE, digits_split,
+                   load_digits_images, load_digits_labels, sha256_of)
+from .model import DIGITS_DDPM_CONFIG, DIGITS_SCHEDULE_SPEC, build_digits_ddpm, digits_schedule, load_digits_ddpm
+from .sampling import evaluate_digits_samples, sample_digits, save_sample_grid
+
+
+def train_digits_classifier(
+    epochs: int = 30,
+    seed: int = 0,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    console: Console | None = None,
+) -> tuple[DigitsClassifier, dict]:
+    """Train the feature network on the fixed train split (seeded); returns (model, info).
+
+    Adam, cross-entropy, `augment` on every batch. info holds the settings and the train/held-out accuracy.
+    """
+    console = console or Console()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    images, labels = load_digits_images(), load_digits_labels()
+    train_idx, held_idx = digits_split()
+    model = DigitsClassifier()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=generator)]
+        for batch in order.split(batch_size):
+            loss = F.cross_entropy(model(augment(images[batch], generator)), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
+            held = classifier_accuracy(model, images[held_idx], labels[held_idx])
+            console.print(f"epoch {epoch + 1}/{epochs}  loss {loss.item():.4f}  held-out accuracy {held:.4f}", highlight=False)
+    info = {
+        "architecture": "conv3x3(1->32) relu conv3x3(32->64) relu maxpool2 linear(1024->128) [features] relu dropout(0.3) linear(128->10)",
+        "feature_dim": FEATURE_DIM,
+        "feature_layer": "features: the penultimate linear layer, before its ReLU",
+        "train_accuracy": classifier_accuracy(model, images[train_idx], labels[train_idx]),
+        "held_out_accuracy": classifier_accuracy(model, images[held_idx], labels[held_idx]),
+        "split": {"rule": "numpy.random.RandomState(seed).permutation(1797)[:held_out] is held out",
+                  "seed": SPLIT_SEED, "held_out": HELD_OUT_SIZE, "train": len(train_idx)},
+        "epochs": epochs,
+        "seed": seed,
+        "batch_size": batch_size,
+        "optimizer": f"Adam(lr={lr})",
+        "augmentation": "p=0.5 gaussian noise std~U[0,0.3]; p=1/3 blend towards 3x3 gaussian blur (sigma 0.8) by U[0,1]",
+        "wall_time_s": round(time.perf_counter() - start, 1),
+    }
+    return model, info
+
+
+def save_digits_classifier(model: DigitsClassifier, info: dict, directory: Path) -> dict:
+    """Write the classifier weights, its JSON card and the real-data feature statistics into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / CLASSIFIER_FILE
+    torch.save({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, weights)
+    mu, sigma = feature_statistics(model.features, load_digits_images())
+    np.savez(directory / STATS_FILE, mu=mu, sigma=sigma)
+    info = {**info, "torch": torch.__version__, "python": platform.python_version(), "file": CLASSIFIER_FILE,
+            "sha256": sha256_of(weights), "stats_file": STATS_FILE, "stats_sha256": sha256_of(directory / STATS_FILE)}
+    (directory / "digits_classifier.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def train_digits_ddpm(
+    steps: int = 6000,
+    seed: int = 0,
+    batch_size: int = 128,
+    lr: float = 2e-4,
+    warmup_steps: int = 500,
+    ema_decay: float = 0.999,
+    images: Tensor | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+):
+    """Train the digits DDPM on all 1,797 images (or `images`) and return (TrainResult, settings dict)."""
+    torch.manual_seed(seed)  # initialisation and dropout
+    model = build_digits_ddpm()
+    images = load_digits_images() if images is None else images
+    settings = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
+                "lr_schedule": "linear warm-up then constant", "optimizer": "AdamW(weight_decay=0)", "grad_clip": 1.0,
+                "ema_decay": ema_decay, "loss": "L_simple: mean squared error of the eps prediction",
+                "data": f"sklearn load_digits, {images.shape[0]} images in [-1,1], no augmentation"}
+    result = train_noise_predictor(model, images, digits_schedule(), steps=steps, batch_size=batch_size, lr=lr,
+                                   warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, progress=progress,
+                                   console=console)
+    return result, settings
+
+
+def save_digits_ddpm(ema_state_dict: dict[str, Tensor], card: dict, directory: Path) -> dict:
+    """Write the flat fp32 EMA state_dict and its JSON card (with the file's sha256) into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / DDPM_FILE
+    torch.save({k: v.float().contiguous() for k, v in ema_state_dict.items()}, weights)
+    card = {**card, "file": DDPM_FILE, "sha256": sha256_of(weights),
+            "parameters": sum(v.numel() for v in ema_state_dict.values())}
+    (directory / "digits_ddpm.json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def reproduce_digits_classifier(epochs: int = 30, seed: int = 0, directory: Path | None = None,
+                                console: Console | None = None) -> dict:
+    """`dpms train digits-classifier`: train the feature network, write weights, card and real-data stats."""
+    model, info = train_digits_classifier(epochs=epochs, seed=seed, console=console)
+    info["torch_threads"] = torch.get_num_threads()
+    return save_digits_classifier(model, info, Path(directory or DIGITS_DIR))
+
+
+def reproduce_digits_ddpm(steps: int = 6000, seed: int = 0, directory: Path | None = None,
+                          console: Console | None = None, check_samples: int = 500) -> dict:
+    """`dpms train digits`: train the DDPM, write the EMA weights and their card, then check the samples.
+
+    The check draws `check_samples` (500) DDIM samples with 50 steps, classifies them with the feature
+    network found in `directory` (else the shipped one), records the result in the card and writes
+    samples_ddim50.png. Prints, and records in the card, the training's seconds per step and wall time and
+    the whole command's wall time (training, writing and the check).
+    """
+    start = time.perf_counter()
+    console = console or Console()
+    directory = Path(directory or DIGITS_DIR)
+    result, settings = train_digits_ddpm(steps=steps, seed=seed, console=console)
+    seconds_per_step = result.wall_time_s / steps
+    console.print(f"trained {steps} steps in {result.wall_time_s:.1f} s: {seconds_per_step:.4f} s/step "
+                  f"(batch {settings['batch_size']}, {torch.get_num_threads()} torch threads)", highlight=False)
+    card = {"architecture": "ddpm", "config": DIGITS_DDPM_CONFIG, "schedule": DIGITS_SCHEDULE_SPEC,
+            "model_type": "noise", "time_input": "integer step n in [0, 999]; t_n = (n+1)/1000 (time_map='discrete')",
+            "weights": "EMA", **settings, "final_loss_last_500_steps": round(result.final_loss(500), 5),
+            "wall_time_s": round(result.wall_time_s, 1), "seconds_per_step": round(seconds_per_step, 4),
+            "torch": torch.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
+    card = save_digits_ddpm(result.ema_state_dict, card, directory)
+    card = check_digits_ddpm(directory, card, console, check_samples=check_samples, seed=seed)
+    card["total_wall_time_s"] = round(time.perf_counter() - start, 1)
+    (directory / "digits_ddpm.json").write_text(json.dumps(card, indent=2) + "\n")
+    console.print(f"total wall time {card['total_wall_time_s']:.1f} s (training {result.wall_time_s:.1f} s, "
+                  f"sample check {card['check_wall_time_s']:.1f} s)", highlight=False)
+    return card
+
+
+def check_digits_ddpm(directory: Path | None = None, card: dict | None = None, console: Console | None = None,
+                      check_samples: int = 500, seed: int = 0) -> dict:
+    """The card's sample check (also `dpms train digits --check-only`, on weights already there): draw
+    `check_samples` DDIM-50 samples, classify them with the feature network found in `directory` (else the
+    shipped one), write samples_ddim50.png and record the result in the card digits_ddpm.json."""
+    console = console or Console()
+    directory = Path(directory or DIGITS_DIR)
+    card_path = directory / "digits_ddpm.json"
+    if card is None:
+        if not card_path.is_file():
+            raise DpmsError(f"no digits DDPM card at {card_path}; train one with `dpms train digits --out {directory}`")
+        card = json.loads(card_path.read_text())
+    model = load_digits_ddpm(directory=directory)
+    classifier_dir = directory if (directory / CLASSIFIER_FILE).is_file() else DIGITS_DIR
+    check_start = time.perf_counter()
+    samples = sample_digits(model, check_samples, solver="ddim", nfe=50, seed=seed)
+    save_sample_grid(samples[:100], directory / SAMPLES_FILE)
+    check = evaluate_digits_samples(samples, load_digits_classifier(directory=classifier_dir))
+    card[f"check_ddim50_{check_samples}_samples"] = check
+    card["check_wall_time_s"] = round(time.perf_counter() - check_start, 1)
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    console.print(f"FD (digits features) of {check_samples} DDIM-50 samples, quantised to 8 bits as dpms bench: "
+                  f"{check['fd_samples_vs_real']:.3f} (unquantised {check['fd_samples_vs_real_unquantised']:.3f}; "
+                  f"held-out real floor {check['fd_floor_held_out_vs_rest']:.3f})", highlight=False)
+    return card
