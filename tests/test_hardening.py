@@ -87,7 +87,8 @@ def test_a_change_in_each_numerics_file_changes_the_fingerprint(tmp_path):
 
     package = _copy_package(tmp_path)
     files = cells.numerics_files(package)
-    assert package / "generate.py" in files  # the issue's case: ε scaled in generate.py left the old fingerprint
+    # the issue's case: ε scaled in generate.py left the old fingerprint; the noise function is built in target.py now
+    assert package / "target.py" in files
     before = cells.fingerprint_of_sources(package)
     for path in files:
         text = path.read_bytes()
@@ -101,11 +102,20 @@ def test_the_numerics_list_follows_imports_so_a_new_module_is_covered(tmp_path):
     from dpms.bench import cells
 
     package = _copy_package(tmp_path)
-    (package / "sampler" / "brand_new_helper.py").write_text("SCALE = 1.0\n")
-    grids = package / "sampler" / "grids.py"
-    assert package / "sampler" / "brand_new_helper.py" not in cells.numerics_files(package)
-    grids.write_text(grids.read_text() + "\n\ndef scale():\n    from .brand_new_helper import SCALE\n    return SCALE\n")
-    assert package / "sampler" / "brand_new_helper.py" in cells.numerics_files(package)
+    (package / "evaluation" / "brand_new_helper.py").write_text("SCALE = 1.0\n")
+    frechet = package / "evaluation" / "frechet.py"
+    assert package / "evaluation" / "brand_new_helper.py" not in cells.numerics_files(package)
+    frechet.write_text(frechet.read_text() + "\n\ndef scale():\n    from .brand_new_helper import SCALE\n    return SCALE\n")
+    assert package / "evaluation" / "brand_new_helper.py" in cells.numerics_files(package)
+
+
+def test_a_new_solver_file_is_covered_without_any_import_naming_it(tmp_path):
+    """dpms.sampler imports every module it holds (pkgutil), so a new solver file decides numbers at once."""
+    from dpms.bench import cells
+
+    package = _copy_package(tmp_path)
+    (package / "sampler" / "brand_new_solver.py").write_text("SCALE = 1.0\n")
+    assert package / "sampler" / "brand_new_solver.py" in cells.numerics_files(package)
 
 
 def test_every_module_loaded_while_a_cell_is_computed_is_fingerprinted(tmp_path):

@@ -36,6 +36,9 @@ PACKAGE = Path(__file__).resolve().parents[1]
 # covered as soon as that code imports it. Left out (and not followed): modules that only present or
 # store numbers already computed, or word errors; none of them can move a number.
 CELL_ENTRY_POINTS = ("dpms.bench.runner",)
+# Packages that import every module they hold at run time (pkgutil discovery: a solver is one new file in
+# dpms/sampler/), so no import statement names those modules: all of them are followed.
+DISCOVERING_PACKAGES = frozenset({"dpms.sampler"})
 PRESENTATION_ONLY = frozenset({"dpms.bench.report", "dpms.bench.check", "dpms.plot", "dpms.atomic", "dpms.errors",
                                "dpms.models.download", "dpms.cli"})
 FULL_HASH_LIMIT = 256 << 20  # files up to 256 MiB are hashed whole; larger ones by size, head and tail
@@ -243,6 +246,8 @@ def numerics_modules(root: Path = PACKAGE, entry_points=CELL_ENTRY_POINTS) -> di
             continue
         seen[name] = path
         todo.extend(_imported_modules(name, path))
+        if name in DISCOVERING_PACKAGES:
+            todo.extend(f"{name}.{file.stem}" for file in path.parent.glob("*.py") if file.stem != "__init__")
     return seen
 
 
