@@ -86,3 +86,37 @@ def test_singlestep_matches_diffusers_dpm_solver_singlestep(model):
         r1 = float((lam[k + 1] - lam[k]) / (lam[k + 2] - lam[k]))
         x = dpm_solver_2(model, x, model.schedule, s, t, r1=r1)[0]
     assert torch.allclose(x.float(), ref, atol=5e-4), (x.float() - ref).abs().max()
+
+
+@pytest.mark.parametrize("steps", [6, 10, 20])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("prediction", ["data", "noise"])
+def test_unipc_matches_diffusers_unipc_multistep(model, order, variant, prediction, steps):
+    """UniPCMultistepScheduler: lower_order_final=True lowers the last steps of every run, as unipc's default."""
+    x_T = model.prior(16, torch.Generator().manual_seed(3), dtype=torch.float32)
+    scheduler = diffusers.UniPCMultistepScheduler(
+        num_train_timesteps=N, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", solver_order=order,
+        solver_type=variant, predict_x0=prediction == "data", lower_order_final=True, timestep_spacing="linspace",
+        final_sigmas_type="sigma_min", use_karras_sigmas=False,
+    )
+    ref, ns = run_diffusers(scheduler, model, x_T.clone(), steps)
+    ts = torch.tensor([(n + 1) / N for n in ns] + [1 / N], dtype=torch.float64)
+    ours = dpms.sample(model, model.schedule, x_T.double(), solver=f"unipc{order}", timesteps=ts, variant=variant, prediction=prediction)
+    assert torch.allclose(ours.float(), ref, atol=5e-4), (ours.float() - ref).abs().max()
+
+
+@pytest.mark.parametrize("steps", [6, 10, 20])
+@pytest.mark.parametrize("solver,order", [("deis1", 2), ("deis2", 3)])
+def test_deis_logrho_matches_diffusers_deis_multistep(model, solver, order, steps):
+    """DEISMultistepScheduler implements DEIS's log-ρ variant (Lagrange polynomial in log ρ, integrated in ρ);
+    its solver_order counts points, ours the polynomial degree (deis1 = order 2). Its last step goes to ᾱ_0, dpms's t_end."""
+    x_T = model.prior(16, torch.Generator().manual_seed(4), dtype=torch.float32)
+    scheduler = diffusers.DEISMultistepScheduler(
+        num_train_timesteps=N, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", solver_order=order,
+        lower_order_final=False, timestep_spacing="linspace", use_karras_sigmas=False,
+    )
+    ref, ns = run_diffusers(scheduler, model, x_T.clone(), steps)
+    ts = torch.tensor([(n + 1) / N for n in ns] + [1 / N], dtype=torch.float64)
+    ours = dpms.sample(model, model.schedule, x_T.double(), solver=solver, timesteps=ts, variant="logrho")
+    assert torch.allclose(ours.float(), ref, atol=5e-4), (ours.float() - ref).abs().max()

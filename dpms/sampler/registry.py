@@ -141,6 +141,8 @@ class SolverSpec:
     default_grid: bool = True  # in the default bench grids (configs/digits.yaml, configs/gmm.yaml: `solvers: default`)
     diffusers: DiffusersEquivalent | None = None
     options: Mapping[str, Any] = field(default_factory=dict)  # user options and defaults (from fn and plan)
+    # the λ-uniform step counts whose error ratio on the exact model measures `order` (tests/test_solver_contract.py)
+    order_steps: tuple[int, int] = (48, 96)
 
     @property
     def adaptive(self) -> bool:
