@@ -101,11 +101,14 @@ def test_the_numerics_list_follows_imports_so_a_new_module_is_covered(tmp_path):
     from dpms.bench import cells
 
     package = _copy_package(tmp_path)
-    (package / "sampler" / "brand_new_helper.py").write_text("SCALE = 1.0\n")
+    # (not in dpms/sampler/: that package imports every module in it, so a new file there is covered at once)
+    (package / "brand_new_helper.py").write_text("SCALE = 1.0\n")
     grids = package / "sampler" / "grids.py"
-    assert package / "sampler" / "brand_new_helper.py" not in cells.numerics_files(package)
-    grids.write_text(grids.read_text() + "\n\ndef scale():\n    from .brand_new_helper import SCALE\n    return SCALE\n")
-    assert package / "sampler" / "brand_new_helper.py" in cells.numerics_files(package)
+    assert package / "brand_new_helper.py" not in cells.numerics_files(package)
+    grids.write_text(grids.read_text() + "\n\ndef scale():\n    from ..brand_new_helper import SCALE\n    return SCALE\n")
+    assert package / "brand_new_helper.py" in cells.numerics_files(package)
+    (package / "sampler" / "brand_new_solver.py").write_text("SCALE = 1.0\n")
+    assert package / "sampler" / "brand_new_solver.py" in cells.numerics_files(package)
 
 
 def test_every_module_loaded_while_a_cell_is_computed_is_fingerprinted(tmp_path):

@@ -223,6 +223,8 @@ def _imported_modules(name: str, path: Path) -> set[str]:
                 base = node.module or ""
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from . import sampler` imports a module
+    if path.name == "__init__.py" and "pkgutil" in found:  # a package that discovers its modules (dpms.sampler) imports them all
+        found.update(f"{name}.{p.stem}" for p in path.parent.glob("*.py") if not p.stem.startswith("_"))
     with_parents = set()
     for module in found:
         parts = module.split(".")
