@@ -10,28 +10,13 @@ import torch
 
 import dpms
 from dpms import DpmsError
-from dpms.models import GaussianMixture
-from dpms.sampler import make_grid, ode_reference
+from dpms.sampler import make_grid
 from dpms.sampler.grids import karras_sigmas
 from dpms.sampler.ipndm import AB_WEIGHTS, _variable_weights
 from dpms.sampler.steps import to_data
+from conftest import mean_error
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "upstream_reference.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def gmm():
-    return GaussianMixture.default()
-
-
-@pytest.fixture(scope="module")
-def problem(gmm):
-    x_T = gmm.prior(16, torch.Generator().manual_seed(0))
-    return x_T, ode_reference(gmm, gmm.schedule, x_T)
-
-
-def mean_error(x, ref):
-    return (x - ref).pow(2).sum(1).sqrt().mean().item()
 
 
 def _counting(gmm):
