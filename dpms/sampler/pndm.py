@@ -83,8 +83,10 @@ def spndm(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
     for s, t in zip(timesteps[:-1], timesteps[1:]):
         e0 = eval_at(noise_fn, x, s)
         if prev is None:
+            prev = e0
             x = heun_step(noise_fn, x, e0, schedule, s, t)  # ε' = (ε(x, s) + ε(φ(x, ε, s → t), t))/2
         else:
-            x = ddim_step(x, combine((1.5, e0), (-0.5, prev)), schedule, s, t)  # (3e₀ − e₋₁)/2
-        prev = e0
+            eps = combine((1.5, e0), (-0.5, prev))  # (3e₀ − e₋₁)/2
+            prev = e0  # before the step: e₋₁ is freed before the transfer's temporaries exist (peak memory)
+            x = ddim_step(x, eps, schedule, s, t)
     return x

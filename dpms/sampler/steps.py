@@ -81,8 +81,9 @@ def heun_step(noise_fn, x: Tensor, eps_s: Tensor, schedule: NoiseSchedule, s: Te
     It is also S-PNDM's pseudo improved-Euler step (PNDM Sec. 3.3), which feeds the same average
     through the same transfer.
     """
-    eps_t = eval_at(noise_fn, ddim_step(x, eps_s, schedule, s, t), t)
-    return ddim_step(x, combine((0.5, eps_s), (0.5, eps_t)), schedule, s, t)
+    # ε(x', t) is not named: it is freed once averaged, before the transfer's temporaries exist (peak memory)
+    eps = combine((0.5, eps_s), (0.5, eval_at(noise_fn, ddim_step(x, eps_s, schedule, s, t), t)))
+    return ddim_step(x, eps, schedule, s, t)
 
 
 def dpmpp_1(x: Tensor, x0_s: Tensor, schedule: NoiseSchedule, s: Tensor, t: Tensor) -> Tensor:
