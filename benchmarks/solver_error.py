@@ -25,6 +25,15 @@ from dpms.models import GaussianMixture
 from dpms.sampler import ode_reference
 
 NFES = [5, 6, 8, 10, 12, 15, 20, 30, 50, 100]
+# rows beyond each solver on its default grid: (row, solver, options) — the analytical first step, and
+# the few-step comparison of iPNDM with the multistep DPM-Solvers on each other's grids
+EXTRA_ROWS = [
+    ("ipndm afs", "ipndm", {"afs": True}),
+    ("ipndm-v afs", "ipndm-v", {"afs": True}),
+    ("ipndm logSNR", "ipndm", {"skip": "logSNR"}),
+    ("dpm3m karras", "dpm3m", {"skip": "karras"}),
+    ("dpmpp3m karras", "dpmpp3m", {"skip": "karras"}),
+]
 
 
 def main() -> None:
@@ -38,23 +47,24 @@ def main() -> None:
     x_T = gmm.prior(args.num, torch.Generator().manual_seed(args.seed))
     ref = ode_reference(gmm, gmm.schedule, x_T)
     rows = {}
-    for name, spec in dpms.solvers().items():
+    for row, name, options in [(name, name, {}) for name in dpms.solvers()] + EXTRA_ROWS:
+        spec = dpms.solvers()[name]
         cells = {}
         for nfe in ([None] if spec.adaptive else NFES):
             try:
-                x, info = dpms.sample(gmm, gmm.schedule, x_T, solver=name, nfe=nfe, return_info=True, seed=args.seed)
+                x, info = dpms.sample(gmm, gmm.schedule, x_T, solver=name, nfe=nfe, return_info=True, seed=args.seed, **options)
             except dpms.DpmsError:
                 continue  # an NFE this solver cannot do
             err = (x - ref).pow(2).sum(1).sqrt().mean().item()
             cells[str(info.nfe if spec.adaptive else nfe)] = err
-        rows[name] = {"adaptive": spec.adaptive, "stochastic": spec.stochastic, "errors": cells}
+        rows[row] = {"solver": name, "options": options, "adaptive": spec.adaptive, "stochastic": spec.stochastic, "errors": cells}
 
     result = {
         "model": "gmm (GaussianMixture.default(), 8-D, 4 components, linear VP, t_end=1e-3)",
         "metric": "mean L2 error to the DOP853 solution (rtol=atol=1e-10) from the same x_T",
         "num": args.num,
         "seed": args.seed,
-        "default_grids": "each solver's default time grid (dpms solvers)",
+        "default_grids": "each solver's default time grid (dpms solvers); rows named 'solver option' use those options",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "command": f"python benchmarks/solver_error.py --num {args.num} --seed {args.seed} --out {args.out}",

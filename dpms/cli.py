@@ -142,14 +142,14 @@ def sample_command(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the network"),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network (CUDA only)"),
     channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format for network and batch"),
-    skip: Optional[str] = typer.Option(None, help="time grid: logSNR, time_uniform, time_quadratic, discrete_uniform, discrete_quadratic"),
+    skip: Optional[str] = typer.Option(None, help="time grid: logSNR, time_uniform, time_quadratic, discrete_uniform, discrete_quadratic, karras (EDM's; --option rho=7)"),
     t_end: Optional[float] = typer.Option(None, help="end time ε of the grid, inside the schedule's range (default: the schedule's: 1/N for discrete models, the smallest time they have; 1e-3 for score_sde's continuous VP, where DPM-Solver uses 1e-4 above 15 NFE)"),
     classifier: Optional[str] = typer.Option(None, help="noisy classifier checkpoint for classifier guidance"),
     guidance_scale: float = typer.Option(0.0, help="classifier guidance scale s"),
     labels: Optional[str] = typer.Option(None, help="class labels, comma-separated (default: random from the seed)"),
     no_png: bool = typer.Option(False, "--no-png", help="write only the .npz"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip the published-hash check (your own weights in a preset's format)"),
-    option: list[str] = typer.Option([], help="solver option key=value, repeatable (e.g. order_plan=fixed)"),
+    option: list[str] = typer.Option([], help="solver option key=value, repeatable (e.g. order_plan=fixed; for any solver afs=true, denoise_to_zero=true, rho=7)"),
 ) -> None:
     """Sample a model with one solver; writes samples.npz (and PNGs + grid.png for images)."""
     from .generate import generate, load_target

@@ -46,3 +46,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------ the exact model, for solver tests
+@pytest.fixture(scope="module")
+def gmm():
+    from dpms.models import GaussianMixture
+
+    return GaussianMixture.default()
+
+
+@pytest.fixture(scope="module")
+def problem(gmm):
+    """16 prior draws and their DOP853 solution: the ground truth of convergence-order measurements."""
+    from dpms.sampler import ode_reference
+
+    x_T = gmm.prior(16, torch.Generator().manual_seed(0))
+    return x_T, ode_reference(gmm, gmm.schedule, x_T)
+
+
+def mean_error(x, ref) -> float:
+    """Mean over samples of the L2 distance to the reference."""
+    return (x - ref).pow(2).sum(1).sqrt().mean().item()

@@ -113,10 +113,11 @@ def nfe_for_steps(spec: SolverSpec, steps: int, skip: str, options: dict) -> int
     def count_grid(k: int, *_):
         return torch.zeros(k + 1, dtype=torch.float64)
 
-    plan_options, _ = spec.split_options(options)
-    for nfe in range(steps, 4 * steps + 13):
+    extra = sampler.extra_calls(options.get("afs", False), options.get("denoise_to_zero", False))  # calls beyond the solver's own
+    plan_options, _ = spec.split_options({k: v for k, v in options.items() if k not in sampler.SAMPLE_OPTIONS})
+    for nfe in range(max(1, steps + extra), 4 * steps + 13):
         try:
-            timesteps, _ = spec.plan.grid(nfe, count_grid, skip, plan_options)
+            timesteps, _ = spec.plan.grid(nfe - extra, count_grid, skip, plan_options)
         except DpmsError:
             continue
         if len(timesteps) - 1 == steps:
@@ -226,6 +227,8 @@ def _imported_modules(name: str, path: Path) -> set[str]:
                 base = node.module or ""
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from . import sampler` imports a module
+    if path.name == "__init__.py" and "pkgutil" in found:  # a package that discovers its modules (dpms.sampler) imports them all
+        found.update(f"{name}.{p.stem}" for p in path.parent.glob("*.py") if not p.stem.startswith("_"))
     with_parents = set()
     for module in found:
         parts = module.split(".")

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..errors import DpmsError
 from .registry import DiffusersEquivalent, NfePlan, Steps, register
-from .steps import combine, ddim_step, eval_at
+from .steps import combine, ddim_step, eval_at, heun_step
 
 PAPER = "PNDM (Liu et al. 2022)"
 LISTING_POSITION = 40
@@ -83,9 +83,10 @@ def spndm(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
     for s, t in zip(timesteps[:-1], timesteps[1:]):
         e0 = eval_at(noise_fn, x, s)
         if prev is None:
-            eps = (e0 + eval_at(noise_fn, ddim_step(x, e0, schedule, s, t), t)) / 2
+            prev = e0
+            x = heun_step(noise_fn, x, e0, schedule, s, t)  # ε' = (ε(x, s) + ε(φ(x, ε, s → t), t))/2
         else:
             eps = combine((1.5, e0), (-0.5, prev))  # (3e₀ − e₋₁)/2
-        prev = e0
-        x = ddim_step(x, eps, schedule, s, t)
+            prev = e0  # before the step: e₋₁ is freed before the transfer's temporaries exist (peak memory)
+            x = ddim_step(x, eps, schedule, s, t)
     return x

@@ -69,6 +69,23 @@ def ddim_step(x: Tensor, eps_s: Tensor, schedule: NoiseSchedule, s: Tensor, t: T
     return torch.addcmul(ratio * x, eps_s, schedule.sigma(t) - ratio * schedule.sigma(s))
 
 
+def heun_step(noise_fn, x: Tensor, eps_s: Tensor, schedule: NoiseSchedule, s: Tensor, t: Tensor) -> Tensor:
+    """Heun's method in σ = e^{−λ} on x/α, one step s → t, one call at t (ε_s given).
+
+    On v = x/α the probability-flow ODE is dv/dσ = ε (EDM Eq. 3/4 with s(t) = 1), and the DDIM step is
+    its Euler step; Heun averages the slopes at both ends of an Euler predictor (EDM Algorithm 1 with
+    S_churn = 0):
+
+        x' = φ(x, ε_s, s → t),  x_t = φ(x, (ε_s + ε(x', t))/2, s → t),   φ = `ddim_step`.
+
+    It is also S-PNDM's pseudo improved-Euler step (PNDM Sec. 3.3), which feeds the same average
+    through the same transfer.
+    """
+    # ε(x', t) is not named: it is freed once averaged, before the transfer's temporaries exist (peak memory)
+    eps = combine((0.5, eps_s), (0.5, eval_at(noise_fn, ddim_step(x, eps_s, schedule, s, t), t)))
+    return ddim_step(x, eps, schedule, s, t)
+
+
 def dpmpp_1(x: Tensor, x0_s: Tensor, schedule: NoiseSchedule, s: Tensor, t: Tensor) -> Tensor:
     """First-order DPM-Solver++ (Eq. 9 with x̂₀ constant): x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) x₀_s."""
     h = schedule.lambda_(t) - schedule.lambda_(s)
