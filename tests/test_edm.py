@@ -496,3 +496,17 @@ def test_edm_sampler_is_heun_on_the_karras_grid_with_a_final_euler_step(name):
     x0 = dpms.sample(noise_fn, schedule, x_T, solver="heun", skip="karras", nfe=35, denoise_to_zero=True)
     assert len(calls) == int(reference[f"{name}/nfe"]) == 35
     torch.testing.assert_close(x0, reference[f"{name}/x0"], rtol=1e-5, atol=1e-5)
+
+
+def test_half_precision_autocast_follows_the_dtype_option():
+    """`--dtype` is autocast (`noise_fn(autocast_dtype=...)`); EDM networks run under it (bf16 on the CPU here;
+    fp16 on CUDA, where `use_fp16` networks also cast their U-Net to fp16 as EDM does)."""
+    net = _filled("adm-cond-edm")
+    schedule, y = NoiseSchedule.edm(), torch.tensor([1, 2, 3, 4])
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([0.05, 0.5, 5.0, 50.0])
+    full = wrap_model(LabelIndexAdapter(net), schedule, model_type="denoiser", condition=y)(x, t)
+    half = wrap_model(LabelIndexAdapter(net), schedule, model_type="denoiser", condition=y, autocast_dtype=torch.bfloat16)(x, t)
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    assert (half - full).norm() / full.norm() < 0.05
+    assert not torch.equal(half, full)

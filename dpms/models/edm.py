@@ -266,11 +266,7 @@ class SongUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(channels, channels, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(channels, channels, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(channels, channels, up=True, **block)
+            _decoder_entry(self.dec, res, level == len(channel_mult) - 1, channels, block)
             for i in range(num_blocks + 1):
                 attention = i == num_blocks and res in attn_resolutions
                 self.dec[f"{res}x{res}_block{i}"] = UNetBlock(channels + skips.pop(), model_channels * mult, attention=attention, **block)
@@ -356,11 +352,7 @@ class DhariwalUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(channels, channels, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(channels, channels, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(channels, channels, up=True, **block)
+            _decoder_entry(self.dec, res, level == len(channel_mult) - 1, channels, block)
             for i in range(num_blocks + 1):
                 self.dec[f"{res}x{res}_block{i}"] = UNetBlock(channels + skips.pop(), model_channels * mult,
                                                               attention=res in attn_resolutions, **block)
@@ -385,6 +377,16 @@ class DhariwalUNet(nn.Module):
                 x = torch.cat([x, skips.pop()], dim=1)
             x = module(x, emb)
         return self.out_conv(F.silu(self.out_norm(x)))
+
+
+def _decoder_entry(dec: nn.ModuleDict, res: int, lowest: bool, channels: int, block: Mapping) -> None:
+    """The first decoder blocks of a level: at the lowest resolution an attention block and a plain one
+    (`_in0`, `_in1`), elsewhere a 2× up-sampling block (`_up`)."""
+    if lowest:
+        dec[f"{res}x{res}_in0"] = UNetBlock(channels, channels, attention=True, **block)
+        dec[f"{res}x{res}_in1"] = UNetBlock(channels, channels, **block)
+    else:
+        dec[f"{res}x{res}_up"] = UNetBlock(channels, channels, up=True, **block)
 
 
 def _dropped_labels(labels: Tensor, p: float, training: bool) -> Tensor:
