@@ -510,3 +510,23 @@ def test_half_precision_autocast_follows_the_dtype_option():
     assert half.dtype == torch.float32 and torch.isfinite(half).all()
     assert (half - full).norm() / full.norm() < 0.05
     assert not torch.equal(half, full)
+
+
+def test_download_of_an_edm_preset_fetches_the_snapshot_into_place(tmp_path, monkeypatch):
+    """`dpms download` of an EDM preset: the edm-pickle format fetches one file (no published hash), atomically,
+    and the downloaded file is found and read as that preset's snapshot."""
+    import dataclasses
+
+    from dpms.models import checkpoints
+    from dpms.models.download import download
+
+    (tmp_path / "mirror").mkdir()
+    source = write_snapshot(tmp_path / "mirror" / "m.pkl", _filled("ddpmpp-uncond-edm"), CASES["ddpmpp-uncond-edm"])
+    preset = dataclasses.replace(get_preset("edm-cifar10-32x32-uncond-vp"), url=source.as_uri())
+    path = download(preset, to=tmp_path / "root")
+    assert path == tmp_path / "root" / "edm" / "edm-cifar10-32x32-uncond-vp.pkl"
+    assert path.read_bytes() == source.read_bytes() and sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    monkeypatch.setenv("DPMS_CHECKPOINTS", str(tmp_path / "root"))
+    assert checkpoints.find_checkpoint(preset) == path
+    _tiny_preset_load(monkeypatch, preset.name, CASES["ddpmpp-uncond-edm"])
+    assert checkpoints.load(preset.name).image_shape == (3, 8, 8)
