@@ -6,7 +6,10 @@ is the single place that adapts a network's conventions to that interface (the o
 `model_wrapper` of dpm_solver_pytorch.py plays the same role):
 
 * model types — what the network predicts: ε ("noise"), x₀ ("x_start"), v = α ε − σ x₀ ("v") or the
-  score ∇ log q_t ("score"); all are converted to ε with the schedule's α_t, σ_t.
+  score ∇ log q_t ("score"); all are converted to ε with the schedule's α_t, σ_t. A "denoiser" is an
+  EDM network D(x_VE; σ_VE) in variance-exploding coordinates: it gets x_VE = x/α_t and σ_VE = σ_t/α_t
+  = e^{−λ_t} itself (not a time input: the time map and scale are unused) and ε = (x_VE − D)/σ_VE
+  (x = α(x₀ + σ_VE ε), EDM paper Eq. 1 and Sec. 2).
 * time maps — how continuous t becomes the network's time input (DPM-Solver App. D.1):
   "discrete" (official default) (t − 1/N)·1000, "type1" 1000·max(t − 1/N, 0), "type2" 1000·(N−1)·t/N,
   "continuous" scale·t (score_sde VP networks take 999·t). The 1000 is `time_scale`.
@@ -31,7 +34,7 @@ from .schedule import NoiseSchedule
 
 NoiseFn = Callable[[Tensor, Tensor], Tensor]
 
-MODEL_TYPES = ("noise", "x_start", "v", "score")
+MODEL_TYPES = ("noise", "x_start", "v", "score", "denoiser")
 TIME_MAPS = ("discrete", "type1", "type2", "continuous")
 GUIDANCE = (None, "classifier", "classifier-free")
 THRESHOLDING = (None, "static", "dynamic")
@@ -123,7 +126,12 @@ def wrap_model(
         kwargs = dict(model_kwargs)
         if cond is not None and condition_to_net:
             kwargs[condition_key] = cond
-        t_in = time_input(schedule, t, time_map, time_scale)
+        if model_type == "denoiser":
+            alpha = _bcast(schedule.alpha(t), x)
+            sigma_ve = schedule.sigma(t) / schedule.alpha(t)
+            x, t_in = x / alpha, sigma_ve
+        else:
+            t_in = time_input(schedule, t, time_map, time_scale)
         x_in = _as_dtype(x, net_dtype)
         if autocast_dtype is not None:
             with torch.autocast(device_type=x.device.type, dtype=autocast_dtype):
@@ -135,6 +143,8 @@ def wrap_model(
             out = out[:, : x.shape[1]]
         if model_type == "noise":
             return out
+        if model_type == "denoiser":
+            return (x - out) / _bcast(sigma_ve, x)
         alpha, sigma = _bcast(schedule.alpha(t), x), _bcast(schedule.sigma(t), x)
         if model_type == "x_start":
             return (x - alpha * out) / sigma

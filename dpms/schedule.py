@@ -18,6 +18,8 @@ Three families, following the official `dpm_solver_pytorch.py` conventions:
 * ``linear``: continuous VP of score_sde, log α_t = -(β₁-β₀)t²/4 - β₀t/2, with closed-form inverse.
 * ``cosine``: continuous cosine schedule of improved DDPM as in the DPM-Solver paper (App. D.2),
   T = 0.9946 so that β stays bounded.
+* ``edm``: the variance-exploding noise levels of EDM (Karras et al. 2022) as a VP schedule: t = σ_VE,
+  α_t = 1/√(1+t²), σ_t = t/√(1+t²), so λ_t = −log t and x_VP = α x_VE; T = σ_max = 80, t_end = σ_min = 0.002.
 
 All methods take tensors of any float dtype and device and return the same dtype and device.
 """
@@ -63,7 +65,7 @@ class NoiseSchedule:
     """A VP noise schedule. Build one with `discrete`, `discrete_linear`, `discrete_cosine`,
     `linear` or `cosine`; do not call the constructor directly."""
 
-    kind: str  # "discrete" | "linear" | "cosine"
+    kind: str  # "discrete" | "linear" | "cosine" | "edm"
     T: float
     t_end: float
     N: int | None = None  # discrete steps kept after clipping
@@ -183,6 +185,11 @@ class NoiseSchedule:
         return cls(kind="cosine", T=0.9946, t_end=1e-3, cosine_s=s, name=f"cosine({s})")
 
     @classmethod
+    def edm(cls, sigma_min: float = 0.002, sigma_max: float = 80.0) -> "NoiseSchedule":
+        """EDM's σ range as a VP schedule (t = σ, α = 1/√(1+σ²)): T = σ_max, t_end = σ_min (EDM paper, Sec. 3)."""
+        return cls(kind="edm", T=float(sigma_max), t_end=float(sigma_min), name=f"edm({sigma_min},{sigma_max})")
+
+    @classmethod
     def from_spec(cls, spec: dict | str) -> "NoiseSchedule":
         """Build from a config entry, e.g. {"type": "discrete_linear", "N": 1000} or "linear"."""
         if isinstance(spec, str):
@@ -194,6 +201,7 @@ class NoiseSchedule:
             "discrete_cosine": cls.discrete_cosine,
             "linear": cls.linear,
             "cosine": cls.cosine,
+            "edm": cls.edm,
         }
         if kind not in builders:
             raise ValueError(f"unknown schedule type {kind!r}; use one of {', '.join(builders)}")
@@ -234,6 +242,8 @@ class NoiseSchedule:
             return interpolate(t, self._table("t", t), self._table("log_alpha", t))
         if self.kind == "linear":
             return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+        if self.kind == "edm":
+            return -0.5 * torch.log1p(t**2)
         s = self.cosine_s
         log_alpha_0 = math.log(math.cos(s / (1.0 + s) * math.pi / 2.0))
         return torch.log(torch.cos((t + s) / (1.0 + s) * math.pi / 2.0)) - log_alpha_0
@@ -248,6 +258,8 @@ class NoiseSchedule:
             return torch.take(self._table("slope", t), idx - 1)
         if self.kind == "linear":
             return -0.5 * t * (self.beta_1 - self.beta_0) - 0.5 * self.beta_0
+        if self.kind == "edm":
+            return -t / (1.0 + t**2)
         s = self.cosine_s
         return -torch.tan((t + s) / (1.0 + s) * math.pi / 2.0) * math.pi / (2.0 * (1.0 + s))
 
@@ -279,6 +291,8 @@ class NoiseSchedule:
         From α² = 1/(1 + e^{-2λ}): log α = -½ log(1 + e^{-2λ}); then invert log α(t).
         """
         lam = _as_tensor(lam)
+        if self.kind == "edm":
+            return torch.exp(-lam)  # λ = −log σ_VE
         log_alpha = -0.5 * torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)
         if self.kind == "discrete":
             # log α is decreasing in t: interpolate on the flipped (increasing) table.

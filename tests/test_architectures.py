@@ -274,13 +274,13 @@ def test_adm_classifier_returns_logits(pool):
 
 
 def test_architecture_names():
-    assert ARCHITECTURES == ("ddpm", "adm", "adm-classifier", "ncsnpp")
+    assert ARCHITECTURES == ("ddpm", "adm", "adm-classifier", "ncsnpp", "edm")
 
 
 def test_unknown_architecture():
     with pytest.raises(DpmsError) as err:
         build("dit", {})
-    assert str(err.value) == "unknown architecture 'dit'; use one of ddpm, adm, adm-classifier, ncsnpp"
+    assert str(err.value) == "unknown architecture 'dit'; use one of ddpm, adm, adm-classifier, ncsnpp, edm"
 
 
 def test_unknown_config_key():

@@ -71,7 +71,12 @@ DIFFUSERS_KEY_FILES = {
     "ddpm-celebahq-256": "diffusers_church",
     "ddpm-ema-church-256": "diffusers_church",
 }
-WITHOUT_KEY_FILE = {"digits", "gmm"}  # dpms's own network (checked against dpms.digits) and the exact model
+EDM_PRESETS = {"edm-cifar10-32x32-cond-vp", "edm-cifar10-32x32-cond-ve", "edm-cifar10-32x32-uncond-vp",
+               "edm-cifar10-32x32-uncond-ve", "edm-ffhq-64x64-uncond-vp", "edm-ffhq-64x64-uncond-ve",
+               "edm-afhqv2-64x64-uncond-vp", "edm-afhqv2-64x64-uncond-ve", "edm-imagenet-64x64-cond-adm"}
+# dpms's own network (checked against dpms.digits), the exact model, and EDM's networks (checked in
+# tests/test_edm.py against key lists made by EDM's own code, tests/data/edm/full_size_keys.json)
+WITHOUT_KEY_FILE = {"digits", "gmm"} | EDM_PRESETS
 
 # checkpoints.md, transcribed: schedule, time map, time scale, learned Σ, classes, image shape, format, hash.
 LINEAR_1000 = {"type": "discrete_linear", "N": 1000}
@@ -118,6 +123,9 @@ EXPECTED = {
     "ddpm-celebahq-256": _ddpm((3, 256, 256), "diffusers"),
     "ddpm-ema-church-256": _ddpm((3, 256, 256), "diffusers"),
     "digits": _ddpm((1, 8, 8), "flat"),
+    # edm.md: EDMPrecond denoisers on EDM's σ range, no published hash
+    **{name: ({"type": "edm"}, "continuous", 1.0, False, 1000 if "imagenet" in name else 10 if "-cond-" in name else None,
+              (3, 32, 32) if "cifar10" in name else (3, 64, 64), "edm-pickle", None) for name in EDM_PRESETS},
 }
 CLASSIFIERS = {
     "guided-imagenet64": "guided-classifier64",
@@ -246,7 +254,7 @@ def test_registry_entry_matches_checkpoints_md(name):
     assert (p.schedule, p.time_map, p.time_scale, p.learned_sigma, p.num_classes) == (
         schedule, time_map, time_scale, learned_sigma, classes)
     assert (p.image_shape, p.format, p.hash) == (shape, fmt, published_hash)
-    assert p.model_type == ("logits" if p.kind == "classifier" else "noise")
+    assert p.model_type == ("logits" if p.kind == "classifier" else "denoiser" if p.arch == "edm" else "noise")
     assert p.classifier == CLASSIFIERS.get(name)
     assert image_shape_of(p.arch, p.config) == p.image_shape
     if p.arch == "adm":
@@ -265,6 +273,7 @@ UINT8 = {
                      "guided-lsun-bedroom", "ddpm-cifar10-32", "ddpm-celebahq-256", "ddpm-ema-church-256"], "round"),
     **dict.fromkeys(["guided-imagenet64", "guided-imagenet256-uncond", "guided-imagenet512", "scoresde-cifar10-ddpmpp-deep",
                      "scoresde-cifar10-ddpmpp", "scoresde-cifar10-ddpm", "digits"], "floor"),
+    **dict.fromkeys(EDM_PRESETS, "round"),  # EDM generate.py: (x * 127.5 + 128).clip(0, 255) as uint8
 }
 
 

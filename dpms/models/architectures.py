@@ -6,6 +6,7 @@
 | "adm" | `adm.UNetModel` | openai guided-/improved-diffusion `UNetModel` | constructor arguments |
 | "adm-classifier" | `adm.EncoderUNetModel` | guided-diffusion `EncoderUNetModel` | constructor arguments |
 | "ncsnpp" | `ncsnpp.NCSNpp` | yang-song/score_sde_pytorch NCSN++ / DDPM | the score_sde `model` config |
+| "edm" | `edm.EDMPrecond` / `VPPrecond` / `VEPrecond` | NVlabs/edm `training/networks.py` | EDM's network kwargs (`class_name`, ...) |
 
 Each network's state_dict has exactly upstream's keys and shapes for the same config, so published
 checkpoints load with `load_state_dict(strict=True)`.
@@ -71,6 +72,18 @@ def _keyword_arguments(cls) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return required, optional
 
 
+def _build_edm(config: Mapping) -> nn.Module:
+    from .edm import build_edm
+
+    return build_edm(config)
+
+
+def _edm_for_sampling(net: nn.Module) -> nn.Module:
+    from .edm import LabelIndexAdapter
+
+    return LabelIndexAdapter(net)
+
+
 def _square(channels, resolution) -> tuple[int, int, int]:
     return (int(channels), int(resolution), int(resolution))
 
@@ -106,6 +119,8 @@ TABLE: dict[str, Architecture] = {
         # NCSNpp takes the score_sde config dict and validates its keys itself
         Architecture("ncsnpp", lambda config: _ncsnpp_class()(dict(config)),
                      lambda c: _square(c.get("num_channels", 3), c.get("image_size", 32)), None),
+        Architecture("edm", _build_edm, lambda c: _square(c["img_channels"], c["img_resolution"]),
+                     lambda c: int(c.get("label_dim") or 0) or None, for_sampling=_edm_for_sampling),
     )
 }
 ARCHITECTURES = tuple(TABLE)  # the names

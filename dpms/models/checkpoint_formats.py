@@ -6,6 +6,7 @@
 | ddim-list | `[model_state ("module." keys), optimizer_state, epoch, step, ema_state]` (ermongroup/ddim `ckpt.pth`) | the last element, the EMA |
 | score_sde | `{'optimizer', 'model', 'ema', 'step'}`; `ema.shadow_params` is an unnamed list in parameter order | EMA values by position, buffers from `model` |
 | diffusers | a folder with config.json and diffusion_pytorch_model.safetensors or .bin | renamed to the ddpm layout |
+| edm-pickle | NVlabs/edm's snapshot pickle (`dict(ema=...)`, persistent classes) | `ema`, by the restricted reader of `edm_snapshot` |
 
 Files are read with `torch.load(weights_only=True)`, safetensors, or (EDM) an allowlisted unpickler only:
 no pickled code is ever run. A `module.` prefix (DataParallel) is stripped whenever every key carries it.
@@ -36,7 +37,7 @@ HASHES = ("md5", "sha256")
 _SCORE_SDE_KEYS = {"model", "ema"}  # score_sde's checkpoint also has 'optimizer' and 'step'
 _FORMATS_HELP = (
     "dpms reads flat state_dicts, DDIM [model, optimizer, epoch, step, ema] lists, "
-    "score_sde {'model', 'ema', ...} dicts and diffusers folders"
+    "score_sde {'model', 'ema', ...} dicts, diffusers folders and EDM snapshots"
 )
 
 
@@ -217,9 +218,11 @@ class ScoreSdeFormat(CheckpointFormat):
 
 def _formats() -> dict[str, CheckpointFormat]:
     from .diffusers_format import DiffusersFormat
+    from .edm_snapshot import EdmPickleFormat
 
     # detection order: folders and pickles with a signature first, then what torch.load reads
-    return {fmt.name: fmt for fmt in (DiffusersFormat(), FlatFormat(), OpenAIFormat(), DdimListFormat(), ScoreSdeFormat())}
+    return {fmt.name: fmt for fmt in (DiffusersFormat(), EdmPickleFormat(), FlatFormat(), OpenAIFormat(),
+                                      DdimListFormat(), ScoreSdeFormat())}
 
 
 class _Registry(Mapping):

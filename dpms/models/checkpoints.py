@@ -66,6 +66,8 @@ class Preset:
     download: str | None = None
     reproduce: str | None = None
     hash: tuple[str, str] | None = None  # (algorithm, hex digest)
+    fid_reference: dict | None = None  # {file, url}: the reference statistics the model's published FID used
+    licence: str | None = None
     source: str = ""
     paper: str = ""
 
