@@ -164,6 +164,18 @@ def _check_labels(target: Target, class_labels: list[int] | None) -> None:
     check_labels(torch.tensor(class_labels), target.num_classes, target.name)
 
 
+def _prepare_out(out: Path, force: bool) -> None:
+    """Check the folder before any sampling; with `force`, remove the earlier run's images."""
+    from .outputs import check_out_dir, refuse_to_replace
+
+    check_out_dir(out)
+    refuse_to_replace([out / "samples.npz", out / "images"], force, "samples of an earlier run",
+                      "pass --out with a new folder")
+    for old in [*(out / "images").glob("*.png"), out / "grid.png"] if force else []:
+        old.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def generate(
     target: Target,
     solver: str,
@@ -178,15 +190,19 @@ def generate(
     class_labels: list[int] | None = None,
     save_png: bool = True,
     console: Console | None = None,
+    force: bool = False,
     **options,
 ) -> dict:
-    """Sample `num` samples in batches; write out/samples.npz (+ PNGs and grid.png for images)."""
+    """Sample `num` samples in batches; write out/samples.npz (+ PNGs and grid.png for images).
+
+    A folder that already holds samples is refused unless `force`, which first removes the earlier run's
+    PNGs (a smaller run would leave stale ones beside the new samples.npz)."""
     console = console or Console()
     sampler.validate(solver, target.schedule, nfe=nfe, skip=skip, t_end=t_end, **options)  # fail before any work
     if num < 1 or batch < 1:
         raise DpmsError(f"--num and --batch must be positive, got {num} and {batch}")
     _check_labels(target, class_labels)
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_out(Path(out), force)
     dtype = torch.float64 if target.name == "gmm" else torch.float32
     samples, sample_labels = _allocate(target, num, dtype), np.empty(num, dtype=np.int64) if target.num_classes else None
     nfe_used, t_end_used = [], None
@@ -229,9 +245,18 @@ def generate(
     if done == 0:
         raise DpmsError("no samples were finished; nothing written")
     finished = samples[:done]  # views: an interrupted run saves what it finished, without copies
-    atomic_save_npz(out / "samples.npz", **_npz_arrays(finished, None if sample_labels is None else sample_labels[:done]))
-    if target.is_image:
-        save_grid(torch.from_numpy(finished[:64]), out / "grid.png", scale=max(1, 64 // finished.shape[1]))
+    try:
+        atomic_save_npz(out / "samples.npz", **_npz_arrays(finished, None if sample_labels is None else sample_labels[:done]))
+        if target.is_image:
+            save_grid(torch.from_numpy(finished[:64]), out / "grid.png", scale=max(1, 64 // finished.shape[1]))
+    except OSError as e:
+        from .outputs import write_failure
+
+        pngs = len(list((out / "images").glob("*.png"))) if save_png and target.is_image else 0
+        failure = write_failure(e, "samples.npz was not written" + (f" ({pngs} PNGs are in {out / 'images'})" if pngs else ""))
+        if failure is None:
+            raise
+        raise failure from None
     summary = {
         "model": target.name,
         "solver": solver,
@@ -239,6 +264,7 @@ def generate(
         "nfe_used_per_batch": sorted(set(nfe_used)),
         "t_end": t_end_used,
         "num": done,
+        "interrupted": done < num,
         "seconds": seconds,
         "out": str(out),
     }

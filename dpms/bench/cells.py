@@ -222,6 +222,11 @@ def _imported_modules(name: str, path: Path) -> set[str]:
                 base = node.module or ""
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from . import sampler` imports a module
+        elif isinstance(node, ast.Attribute) and node.attr in ("iter_modules", "walk_packages", "import_module"):
+            # modules found at run time (a package importing all of its modules, as dpms.sampler does with
+            # pkgutil): every module of this package counts as imported
+            found.update(f"{package}.{p.stem}" for p in path.parent.glob("*.py") if p.name != "__init__.py")
+            found.update(f"{package}.{p.parent.name}" for p in path.parent.glob("*/__init__.py"))
     with_parents = set()
     for module in found:
         parts = module.split(".")
