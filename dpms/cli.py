@@ -17,6 +17,10 @@ from rich.markup import escape
 from .errors import DpmsError, strip_ansi
 from .machine import THREADS_HELP, check_device, set_threads
 
+# `dpms bench --check`'s default relative tolerance: ten times the largest round-off measured between batch sizes
+# (7, 64, 200), thread counts (1, 2) and process counts (1, 2) by benchmarks/roundoff.py (digits 9.3e-5, gmm 4.2e-13)
+CHECK_REL_TOL = 1e-3
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast ODE solvers for diffusion models, and FID benchmarks.")
 console = Console()
 err_console = Console(stderr=True)
@@ -142,7 +146,7 @@ def sample_command(
     nfe: Optional[int] = typer.Option(10, help="network evaluations per sample (ignored by adaptive solvers)"),
     num: int = typer.Option(64, help="number of samples"),
     batch: str = typer.Option("64", help="samples per batch, or 'auto' (CUDA: the largest that fits with the solver's state; CPU: best samples/s)"),
-    seed: int = typer.Option(0, help="sample i uses noise derived from (seed, i)"),
+    seed: int = typer.Option(0, help="sample i uses noise derived from (seed, i), so samples do not depend on --batch (up to round-off)"),
     out: Path = typer.Option(Path("out/samples"), help="output folder"),
     checkpoint: Optional[str] = typer.Option(None, help="checkpoint file or folder (default: look up the preset's file)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
@@ -364,7 +368,7 @@ def bench_command(
     solvers: Optional[str] = typer.Option(None, help="comma-separated solver names or config labels to run"),
     nfe: Optional[str] = typer.Option(None, help="comma-separated NFE list (replaces the config's columns)"),
     num: Optional[int] = typer.Option(None, help="samples per cell"),
-    batch: Optional[int] = typer.Option(None, help="samples per batch (results do not depend on it)"),
+    batch: Optional[int] = typer.Option(None, help="samples per batch (results do not depend on it up to round-off: < 1e-4 relative, see --rel-tol)"),
     seed: Optional[int] = typer.Option(None, help="sample i of every cell uses noise derived from (seed, i)"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: the config's, else results/<name>)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ... (under torchrun: cuda = one GPU per local rank)"),
@@ -377,8 +381,9 @@ def bench_command(
     ref_stats: Optional[str] = typer.Option(None, help="reference statistics .npz (mu, sigma)"),
     inception_weights: Optional[str] = typer.Option(None, help="pytorch-fid Inception weights file (pt_inception-2015-12-05-6726825d.pth)"),
     check: Optional[Path] = typer.Option(None, help="baseline results.json: exit 1 if a cell moved beyond --tol or is missing"),
-    tol: float = typer.Option(0.0, help="absolute tolerance of --check (default 0: exact)"),
-    rel_tol: float = typer.Option(0.0, help="relative tolerance of --check (a cell may move by max(tol, rel_tol·|baseline|))"),
+    tol: float = typer.Option(0.0, help="absolute tolerance of --check"),
+    rel_tol: float = typer.Option(CHECK_REL_TOL, help="relative tolerance of --check (a cell may move by max(tol, rel_tol·|baseline|)); "
+                                  "the default covers the round-off of another --batch, --threads or process count (measured < 1e-4: benchmarks/roundoff.py); 0: exact"),
     check_subset: bool = typer.Option(False, "--check-subset", help="--check only the cells this run has (a reduced grid against a full table)"),
     force: bool = typer.Option(False, "--force", help="replace a report of another grid or settings already in --out"),
 ) -> None:

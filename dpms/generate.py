@@ -1,7 +1,8 @@
 """`dpms sample`: draw samples from a model with any solver and write them to disk.
 
 Sample i always starts from the same x_T (derived from (seed, i) by `dpms.sampler.noise`), so the
-output does not depend on the batch size. PNGs are written batch by batch and every sample goes into one
+output does not depend on the batch size, up to floating-point round-off (a batched network may sum in
+another order; `benchmarks/roundoff.py` measures it). PNGs are written batch by batch and every sample goes into one
 preallocated array (uint8 for images); the `.npz` is written atomically at the end, or with what was
 finished when the run is interrupted. It holds `samples` (N×H×W×C uint8 for images) and, for labelled
 runs, `labels`.

@@ -102,11 +102,15 @@ def test_the_numerics_list_follows_imports_so_a_new_module_is_covered(tmp_path):
     from dpms.bench import cells
 
     package = _copy_package(tmp_path)
-    (package / "sampler" / "brand_new_helper.py").write_text("SCALE = 1.0\n")
-    grids = package / "sampler" / "grids.py"
-    assert package / "sampler" / "brand_new_helper.py" not in cells.numerics_files(package)
-    grids.write_text(grids.read_text() + "\n\ndef scale():\n    from .brand_new_helper import SCALE\n    return SCALE\n")
-    assert package / "sampler" / "brand_new_helper.py" in cells.numerics_files(package)
+    helper = package / "evaluation" / "brand_new_helper.py"
+    helper.write_text("SCALE = 1.0\n")
+    frechet = package / "evaluation" / "frechet.py"
+    assert helper not in cells.numerics_files(package)
+    frechet.write_text(frechet.read_text() + "\n\ndef scale():\n    from .brand_new_helper import SCALE\n    return SCALE\n")
+    assert helper in cells.numerics_files(package)
+    # a package that imports its modules at run time (dpms.sampler: pkgutil) covers every module in it
+    (package / "sampler" / "brand_new_solver.py").write_text("ORDER = 1\n")
+    assert package / "sampler" / "brand_new_solver.py" in cells.numerics_files(package)
 
 
 def test_every_module_loaded_while_a_cell_is_computed_is_fingerprinted(tmp_path):
@@ -461,3 +465,15 @@ def test_an_interrupted_sample_saves_what_it_has_and_exits_non_zero(tmp_path, ca
     code, _, _ = run(["sample", "--num", "10", "--batch", "2", "--out", str(tmp_path / "o")], capsys)
     assert code != 0
     assert len(np.load(tmp_path / "o" / "samples.npz")["samples"]) == 4
+
+
+# ---------------------------------------------------------------------------------- 8. determinism, stated truly
+def test_a_baseline_made_at_another_batch_size_passes_the_default_check(tmp_path, capsys):
+    common = ["bench", "--config", "configs/digits.yaml", "--solvers", "ddim,dpm3", "--nfe", "10", "--num", "60", "--threads", "1"]
+    assert run(common + ["--batch", "60", "--out", str(tmp_path / "a")], capsys)[0] == 0
+    code, out, _ = run(common + ["--batch", "7", "--out", str(tmp_path / "b"), "--check", str(tmp_path / "a" / "results.json")], capsys)
+    a, b = (json.loads((tmp_path / d / "results.json").read_text())["cells"] for d in "ab")
+    assert [c["fid"] for c in a] != [c["fid"] for c in b]  # round-off: not bit-identical across batch sizes
+    assert code == 0 and "check passed" in out
+    assert "round-off" in _help("bench", "batch") and "round-off" in _help("sample", "seed")
+    assert "round-off" in _help("bench", "rel_tol")

@@ -3,7 +3,8 @@
 Determinism. Sample i of a cell starts from x_T drawn by its own generator seeded from (seed, i), takes
 its stochastic solvers' noise from another generator seeded from (seed, i), and its class label (for
 class-conditional or guided models) from a third (`dpms.sampler.noise`). So a cell's samples do not
-depend on the batch size or on how many processes share the work. Adaptive solvers (dpm12, dpm23, rk45)
+depend on the batch size or on how many processes share the work, up to floating-point round-off (batched
+convolutions and merged statistics sum in another order: < 1e-4 relative on digits, `benchmarks/roundoff.py`). Adaptive solvers (dpm12, dpm23, rk45)
 are the exception the papers impose: one step size is shared by a whole batch (the error norm is the
 batch maximum, as in the official code), so for them the batch is fixed by the config
 (`adaptive_batch`: samples [0, A), [A, 2A), ...) instead of by --batch.
