@@ -21,7 +21,9 @@ from .machine import THREADS_HELP, check_device, set_threads
 # (7, 64, 200), thread counts (1, 2) and process counts (1, 2) by benchmarks/roundoff.py (digits 9.3e-5, gmm 4.2e-13)
 CHECK_REL_TOL = 1e-3
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast ODE solvers for diffusion models, and FID benchmarks.")
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast ODE solvers for diffusion models, and FID benchmarks.",
+                  context_settings=HELP_OPTIONS)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -80,6 +82,21 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(failure)
         return 2
     return code if isinstance(code, int) else 0
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"dpms {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", "-V", metavar="", callback=_print_version, is_eager=True, help="print the dpms version and exit"),
+) -> None:
+    """Fast ODE solvers for diffusion models, and FID benchmarks."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,18 +168,18 @@ def sample_command(
     checkpoint: Optional[str] = typer.Option(None, help="checkpoint file or folder (default: look up the preset's file)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("fp32", help="network precision: fp32, fp16 or bf16 (autocast)"),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the network"),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network (CUDA only)"),
-    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format for network and batch"),
+    compile: bool = typer.Option(False, "--compile", metavar="", help="torch.compile the network"),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", metavar="", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network (CUDA only)"),
+    channels_last: bool = typer.Option(False, "--channels-last", metavar="", help="channels_last memory format for network and batch"),
     skip: Optional[str] = typer.Option(None, help="time grid: logSNR, time_uniform, time_quadratic, discrete_uniform, discrete_quadratic"),
     t_end: Optional[float] = typer.Option(None, help="end time ε of the grid, inside the schedule's range (default: the schedule's: 1/N for discrete models, the smallest time they have; 1e-3 for score_sde's continuous VP, where DPM-Solver uses 1e-4 above 15 NFE)"),
     classifier: Optional[str] = typer.Option(None, help="noisy classifier checkpoint for classifier guidance"),
     guidance_scale: float = typer.Option(0.0, help="classifier guidance scale s"),
     labels: Optional[str] = typer.Option(None, help="class labels, comma-separated (default: random from the seed)"),
-    no_png: bool = typer.Option(False, "--no-png", help="write only the .npz"),
-    no_verify: bool = typer.Option(False, "--no-verify", help="skip the published-hash check (your own weights in a preset's format)"),
+    no_png: bool = typer.Option(False, "--no-png", metavar="", help="write only the .npz"),
+    no_verify: bool = typer.Option(False, "--no-verify", metavar="", help="skip the published-hash check (your own weights in a preset's format)"),
     option: list[str] = typer.Option([], help="solver option key=value, repeatable (e.g. order_plan=fixed)"),
-    force: bool = typer.Option(False, "--force", help="replace the samples of an earlier run in --out (its PNGs are removed first)"),
+    force: bool = typer.Option(False, "--force", metavar="", help="replace the samples of an earlier run in --out (its PNGs are removed first)"),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Sample a model with one solver; writes samples.npz (and PNGs + grid.png for images)."""
@@ -200,7 +217,7 @@ def sample_command(
 # ---------------------------------------------------------------------------------------------
 # dpms train digits / dpms train digits-classifier  (reproduce checkpoints/digits)
 # ---------------------------------------------------------------------------------------------
-train_app = typer.Typer(no_args_is_help=True, help="Reproduce the small models that ship in checkpoints/digits.")
+train_app = typer.Typer(no_args_is_help=True, help="Reproduce the small models that ship in checkpoints/digits.", context_settings=HELP_OPTIONS)
 app.add_typer(train_app, name="train")
 
 
@@ -217,9 +234,9 @@ def train_digits_command(
     seed: int = typer.Option(0, help="seeds initialisation, dropout, data order, steps n and noise"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: checkpoints/digits)"),
     threads: int = typer.Option(2, help="torch CPU threads (the shipped weights were made with 2; results depend on it)"),
-    check_only: bool = typer.Option(False, "--check-only", help="no training: redo the card's sample check of the weights in --out"),
+    check_only: bool = typer.Option(False, "--check-only", metavar="", help="no training: redo the card's sample check of the weights in --out"),
     check_samples: int = typer.Option(500, help="DDIM-50 samples of the card's check"),
-    force: bool = typer.Option(False, "--force", help="replace weights already in --out (by default the shipped ones are kept)"),
+    force: bool = typer.Option(False, "--force", metavar="", help="replace weights already in --out (by default the shipped ones are kept)"),
 ) -> None:
     """Train the digits DDPM (ε-prediction, L_simple), write the EMA weights, card and a DDIM-50 sample grid."""
     from .digits import DDPM_FILE, DIGITS_DIR, check_digits_ddpm, reproduce_digits_ddpm
@@ -245,7 +262,7 @@ def train_digits_classifier_command(
     seed: int = typer.Option(0, help="seeds initialisation, dropout, data order and augmentation"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: checkpoints/digits)"),
     threads: int = typer.Option(1, help="torch CPU threads (the shipped files were made with 1; results depend on it)"),
-    force: bool = typer.Option(False, "--force", help="replace files already in --out (by default the shipped ones are kept)"),
+    force: bool = typer.Option(False, "--force", metavar="", help="replace files already in --out (by default the shipped ones are kept)"),
 ) -> None:
     """Train the digit classifier behind "FD (digits features)" and write its weights and the real-data stats."""
     from .digits import CLASSIFIER_FILE, DIGITS_DIR, STATS_FILE, reproduce_digits_classifier
@@ -279,13 +296,14 @@ def models_command() -> None:
             f"({env or 'unset'}), then ./checkpoints/<file> and {checkpoints.REPO_ROOT / 'checkpoints'}/<file>"
         ),
     )
+    # at 80 columns seven columns cut every word: names stay whole, the rest folds into two columns
     table.add_column("name", no_wrap=True)
-    for col in ("kind", "arch", "image shape", "params", "file", "status"):
-        table.add_column(col)
+    table.add_column("model", overflow="fold")
+    table.add_column("file, status", overflow="fold", ratio=1)
     for name, preset in checkpoints.presets().items():
-        params = f"{preset.params:,}" if preset.params else "—"
+        params = f"{preset.params:,} params" if preset.params else "no params"
         shape = "×".join(map(str, preset.image_shape))
-        table.add_row(name, preset.kind, preset.arch, shape, params, escape(preset.file or "—"), _file_status(preset))
+        table.add_row(name, f"{preset.kind}, {preset.arch}, {shape}, {params}", f"{escape(preset.file or '—')}\n{_file_status(preset)}")
     console.print(table)
 
 
@@ -373,10 +391,10 @@ def bench_command(
     out: Optional[Path] = typer.Option(None, help="output folder (default: the config's, else results/<name>)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ... (under torchrun: cuda = one GPU per local rank)"),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
-    save_images: bool = typer.Option(False, "--save-images", help="also write every sample as a PNG under OUT/images/"),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the network (results are the same cells)"),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network (CUDA only)"),
-    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format for network and batch"),
+    save_images: bool = typer.Option(False, "--save-images", metavar="", help="also write every sample as a PNG under OUT/images/"),
+    compile: bool = typer.Option(False, "--compile", metavar="", help="torch.compile the network (results are the same cells)"),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", metavar="", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network (CUDA only)"),
+    channels_last: bool = typer.Option(False, "--channels-last", metavar="", help="channels_last memory format for network and batch"),
     features: Optional[str] = typer.Option(None, help="inception, digits or exact (replaces the config's)"),
     ref_stats: Optional[str] = typer.Option(None, help="reference statistics .npz (mu, sigma)"),
     inception_weights: Optional[str] = typer.Option(None, help="pytorch-fid Inception weights file (pt_inception-2015-12-05-6726825d.pth)"),
@@ -384,8 +402,8 @@ def bench_command(
     tol: float = typer.Option(0.0, help="absolute tolerance of --check"),
     rel_tol: float = typer.Option(CHECK_REL_TOL, help="relative tolerance of --check (a cell may move by max(tol, rel_tol·|baseline|)); "
                                   "the default covers the round-off of another --batch, --threads or process count (measured < 1e-4: benchmarks/roundoff.py); 0: exact"),
-    check_subset: bool = typer.Option(False, "--check-subset", help="--check only the cells this run has (a reduced grid against a full table)"),
-    force: bool = typer.Option(False, "--force", help="replace a report of another grid or settings already in --out"),
+    check_subset: bool = typer.Option(False, "--check-subset", metavar="", help="--check only the cells this run has (a reduced grid against a full table)"),
+    force: bool = typer.Option(False, "--force", metavar="", help="replace a report of another grid or settings already in --out"),
 ) -> None:
     """Run a benchmark config (default: the digits model, every solver × NFE, < 10 min on 2 CPU cores).
 
@@ -477,13 +495,13 @@ def speed_command(
     batch: str = typer.Option("256", help="samples per batch, or 'auto' (CUDA: largest that fits; CPU: best images/s)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("fp32", help="network precision: fp32, fp16 or bf16 (autocast)"),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the network"),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network"),
-    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format for network and batch"),
+    compile: bool = typer.Option(False, "--compile", metavar="", help="torch.compile the network"),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", metavar="", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network"),
+    channels_last: bool = typer.Option(False, "--channels-last", metavar="", help="channels_last memory format for network and batch"),
     repeats: int = typer.Option(5, help="timed repeats of each loop (median reported)"),
     checkpoint: Optional[str] = typer.Option(None, help="checkpoint file or folder (default: the preset's file)"),
-    random_weights: bool = typer.Option(False, "--random-weights", help="time the preset's architecture with random weights (no file needed)"),
-    no_diffusers: bool = typer.Option(False, "--no-diffusers", help="skip the diffusers comparison"),
+    random_weights: bool = typer.Option(False, "--random-weights", metavar="", help="time the preset's architecture with random weights (no file needed)"),
+    no_diffusers: bool = typer.Option(False, "--no-diffusers", metavar="", help="skip the diffusers comparison"),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON (atomically)"),
 ) -> None:

@@ -141,14 +141,14 @@ GMM_GRID = {"name": "g", "model": "gmm", "features": "exact", "num": 30, "batch"
             "solvers": [{"name": "ddim"}, {"name": "dpm2"}]}
 
 
-def _gmm_bench(tmp_path, out, force=False, **overrides):
+def _gmm_bench(tmp_path, out, force=False, grid=None, **overrides):
     import yaml
     from rich.console import Console
 
     from dpms.bench import Overrides, apply_overrides, load_config, run_benchmark
 
     path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump(GMM_GRID))
+    path.write_text(yaml.safe_dump({**GMM_GRID, **(grid or {})}))
     return run_benchmark(apply_overrides(load_config(path), Overrides(**overrides)), out, console=Console(quiet=True), force=force)
 
 
@@ -477,3 +477,59 @@ def test_a_baseline_made_at_another_batch_size_passes_the_default_check(tmp_path
     assert code == 0 and "check passed" in out
     assert "round-off" in _help("bench", "batch") and "round-off" in _help("sample", "seed")
     assert "round-off" in _help("bench", "rel_tol")
+
+
+# ---------------------------------------------------------------------------------- 9. usability
+def test_default_thread_count_is_sane_and_documented(monkeypatch):
+    from dpms import machine
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(machine, "usable_cores", lambda: 2)
+    assert machine.default_threads() == 1  # a busy 2-core machine: not one thread per core
+    monkeypatch.setattr(machine, "usable_cores", lambda: 64)
+    assert machine.default_threads() == 8
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert machine.default_threads() == 3
+    threads = torch.get_num_threads()
+    try:
+        assert machine.set_threads(None) == 3 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    for command in ("sample", "bench", "speed", "stats", "fid"):
+        assert "half the usable CPU cores" in _help(command, "threads")
+
+
+def test_help_short_option_version_and_flags_without_a_bool_metavar(capsys):
+    code, out, _ = run(["sample", "-h"], capsys)
+    assert code == 0 and "--compile" in out and "<bool>" not in out.split("--compile")[1].splitlines()[0]
+    code, out, _ = run(["--version"], capsys)
+    from dpms import __version__
+
+    assert code == 0 and out.strip() == f"dpms {__version__}"
+
+
+def _render(renderable, width=80) -> str:
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=width)
+    console.print(renderable)
+    return console.file.getvalue()
+
+
+def test_tables_keep_solver_and_preset_names_whole_at_80_columns(tmp_path, monkeypatch, capsys):
+    import dpms.cli as cli
+    from rich.console import Console
+
+    result = _gmm_bench(tmp_path, tmp_path / "out", grid={"ode_error": True}, solvers=["dpmpp2m", "dpmpp3m", "ddim"], nfe=[5, 6, 10, 20, 50])
+    text = _render(result.table)
+    assert "dpmpp2m" in text and "dpmpp3m" in text and "mean L2 error against the exact ODE solution" in " ".join(text.split())
+    import io
+
+    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=80))
+    assert run(["models"], capsys)[0] == 0
+    text = cli.console.file.getvalue()
+    from dpms.models.checkpoints import presets
+
+    assert all(name in text for name in presets())

@@ -267,7 +267,7 @@ def _features(prep: Prepared, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_images: bool, keep_grid: bool,
-             on_batch=None, ode_cache: dict | None = None) -> dict | None:
+             on_batch=None, ode_cache: dict | None = None, on_reference=None) -> dict | None:
     """Sample this rank's share of a cell; on rank 0 return the merged record (None elsewhere)."""
     from ..evaluation import FeatureStats
 
@@ -298,6 +298,8 @@ def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_image
         stats.update(features)
         seconds += time.perf_counter() - start
         if prep.ode_model is not None:
+            if on_reference is not None:  # the DOP853 reference can take longer than the sampling: say so
+                on_reference()
             errors = _ode_errors(prep, x, x_T, idx, cell.t_end, ode_cache)
             err_sum += float(errors.sum())
             err_sq += float((errors**2).sum())
@@ -424,7 +426,8 @@ def run_cells(prep: Prepared, out_dir: Path, world: World, save_images: bool = F
     with _progress(console, world, len(todo), config.num) as progress:
         for n, cell in enumerate(todo, 1):
             progress.start_cell(n, cell)
-            record = run_cell(prep, cell, world, out_dir, save_images, cell.key in grids, progress.advance, ode_cache)
+            record = run_cell(prep, cell, world, out_dir, save_images, cell.key in grids, progress.advance, ode_cache,
+                              progress.reference)
             computed.append(cell.key)
             if world.is_main:
                 records[cell.key] = record
@@ -443,6 +446,10 @@ def run_cells(prep: Prepared, out_dir: Path, world: World, save_images: bool = F
     if world.is_main:
         document = report.write_reports(out_dir, config, prep.metric.name, prep.cells, records, prep.skipped, world.size)
         table = report.rich_table(config, prep.metric.name, prep.cells, records, prep.skipped)
+        if any(r.get("ode_error") is not None for r in records.values()):  # the exact model: its error table too
+            from rich.console import Group
+
+            table = Group(table, report.rich_table(config, prep.metric.name, prep.cells, records, prep.skipped, quantity="ode_error"))
     ordered = [records[c.key] for c in prep.cells if c.key in records]
     return BenchResult(ordered, prep.skipped, computed, prep.metric.name, document, table, out_dir)
 
@@ -486,6 +493,10 @@ class _progress:
         if self.progress is not None:
             what = "adaptive" if cell.adaptive else f"NFE {cell.nfe}"
             self.progress.reset(self.current, total=self.num, description=f"{cell.label} {what}", rate="")
+
+    def reference(self) -> None:
+        if self.progress is not None:
+            self.progress.update(self.current, rate="exact ODE reference (DOP853)…")
 
     def advance(self, samples: int) -> None:
         self.done += samples * self.world.size  # the other ranks advance at the same pace
