@@ -55,7 +55,7 @@ def check_device(device: str, option: str = "--device") -> None:
         raise DpmsError(f"{option} {device!r} is not a device; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise DpmsError(f"{option} {device}: no CUDA GPU is usable here (torch.cuda.is_available() is False); use {option} cpu")
+            raise DpmsError(f"{option} {device}: CUDA is not available on this machine (no usable GPU); use {option} cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DpmsError(f"{option} {device}: only {torch.cuda.device_count()} CUDA GPU(s) here; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
