@@ -303,7 +303,7 @@ def models_command() -> None:
     for name, preset in checkpoints.presets().items():
         params = f"{preset.params:,} params" if preset.params else "no params"
         shape = "×".join(map(str, preset.image_shape))
-        table.add_row(name, f"{preset.kind}, {preset.arch}, {shape}, {params}", f"{escape(preset.file or '—')}\n{_file_status(preset)}")
+        table.add_row(name, f"{preset.kind}, {preset.arch}, {shape}, {params}", f"{escape(preset.file or '—')} — {_file_status(preset)}")
     console.print(table)
 
 
