@@ -16,8 +16,15 @@ from rich.markup import escape
 
 from .errors import DpmsError, strip_ansi
 from .evaluation.kinds import FEATURE_KINDS
+from .machine import THREADS_HELP, check_device, set_threads
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast ODE solvers for diffusion models, and FID benchmarks.")
+# `dpms bench --check`'s default relative tolerance: ten times the largest round-off measured between batch sizes
+# (7, 64, 200), thread counts (1, 2) and process counts (1, 2) by benchmarks/roundoff.py (digits 9.3e-5, gmm 4.2e-13)
+CHECK_REL_TOL = 1e-3
+
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast ODE solvers for diffusion models, and FID benchmarks.",
+                  context_settings=HELP_OPTIONS)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -67,7 +74,30 @@ def main(argv: list[str] | None = None) -> int:
     except _usage_errors() as e:  # bad options or arguments: click's one-paragraph usage message
         e.show()
         return e.exit_code if isinstance(e.exit_code, int) and e.exit_code else 2
+    except OSError as e:  # a full disk or a forbidden folder met where no command said what was kept
+        from .outputs import write_failure
+
+        failure = write_failure(e, "files written before it are kept")
+        if failure is None:
+            raise
+        _print_error(failure)
+        return 2
     return code if isinstance(code, int) else 0
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"dpms {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", "-V", metavar="", callback=_print_version, is_eager=True, help="print the dpms version and exit"),
+) -> None:
+    """Fast ODE solvers for diffusion models, and FID benchmarks."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,27 +164,31 @@ def sample_command(
     nfe: Optional[int] = typer.Option(10, help="network evaluations per sample (ignored by adaptive solvers)"),
     num: int = typer.Option(64, help="number of samples"),
     batch: str = typer.Option("64", help="samples per batch, or 'auto' (CUDA: the largest that fits with the solver's state; CPU: best samples/s)"),
-    seed: int = typer.Option(0, help="sample i uses noise derived from (seed, i)"),
+    seed: int = typer.Option(0, help="sample i uses noise derived from (seed, i), so samples do not depend on --batch (up to round-off)"),
     out: Path = typer.Option(Path("out/samples"), help="output folder"),
     checkpoint: Optional[str] = typer.Option(None, help="checkpoint file or folder (default: look up the preset's file)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("fp32", help="network precision: fp32, fp16 or bf16 (autocast)"),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the network"),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network (CUDA only)"),
-    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format for network and batch"),
+    compile: bool = typer.Option(False, "--compile", metavar="", help="torch.compile the network"),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", metavar="", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network (CUDA only)"),
+    channels_last: bool = typer.Option(False, "--channels-last", metavar="", help="channels_last memory format for network and batch"),
     skip: Optional[str] = typer.Option(None, help="time grid: logSNR, time_uniform, time_quadratic, discrete_uniform, discrete_quadratic, karras (EDM's; --option rho=7)"),
     t_end: Optional[float] = typer.Option(None, help="end time ε of the grid, inside the schedule's range (default: the schedule's: 1/N for discrete models, the smallest time they have; 1e-3 for score_sde's continuous VP, where DPM-Solver uses 1e-4 above 15 NFE)"),
     classifier: Optional[str] = typer.Option(None, help="noisy classifier checkpoint for classifier guidance"),
     guidance_scale: float = typer.Option(0.0, help="classifier guidance scale s"),
     labels: Optional[str] = typer.Option(None, help="class labels, comma-separated (default: random from the seed)"),
-    no_png: bool = typer.Option(False, "--no-png", help="write only the .npz"),
-    no_verify: bool = typer.Option(False, "--no-verify", help="skip the published-hash check (your own weights in a preset's format)"),
+    no_png: bool = typer.Option(False, "--no-png", metavar="", help="write only the .npz"),
+    no_verify: bool = typer.Option(False, "--no-verify", metavar="", help="skip the published-hash check (your own weights in a preset's format)"),
     option: list[str] = typer.Option([], help="solver option key=value, repeatable (e.g. order_plan=fixed; for any solver afs=true, denoise_to_zero=true, rho=7)"),
+    force: bool = typer.Option(False, "--force", metavar="", help="replace the samples of an earlier run in --out (its PNGs are removed first)"),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Sample a model with one solver; writes samples.npz (and PNGs + grid.png for images)."""
     from .generate import generate, load_target
     from .sampler import get_solver
 
+    set_threads(threads)
+    check_device(device)
     get_solver(solver)  # unknown solver: fail before loading anything
     options = _parse_options(option)
     class_labels = _parse_labels(labels)
@@ -170,20 +204,29 @@ def sample_command(
         batch = batch_size
     summary = generate(
         target, solver, nfe, num, batch, seed, out, device=device, skip=skip, t_end=t_end,
-        class_labels=class_labels, save_png=not no_png, console=console, **options,
+        class_labels=class_labels, save_png=not no_png, console=console, force=force, **options,
     )
     used = ", ".join(map(str, summary["nfe_used_per_batch"]))
     console.print(
         f"{summary['num']} samples from {model} with {solver}: NFE used {used}, t_end {summary['t_end']:g}, "
         f"{summary['seconds']:.2f} s ({summary['seconds'] / summary['num'] * 1000:.2f} ms/sample) → {out}"
     )
+    if summary["interrupted"]:  # what was finished is saved, but the run did not do what was asked
+        raise typer.Exit(130)
 
 
 # ---------------------------------------------------------------------------------------------
 # dpms train digits / dpms train digits-classifier  (reproduce checkpoints/digits)
 # ---------------------------------------------------------------------------------------------
-train_app = typer.Typer(no_args_is_help=True, help="Reproduce the small models that ship in checkpoints/digits.")
+train_app = typer.Typer(no_args_is_help=True, help="Reproduce the small models that ship in checkpoints/digits.", context_settings=HELP_OPTIONS)
 app.add_typer(train_app, name="train")
+
+
+def _positive(**values: int) -> None:
+    """Counts a command cannot run with zero or fewer of: one line naming the option."""
+    for name, value in values.items():
+        if value < 1:
+            raise DpmsError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 @train_app.command("digits")
@@ -192,15 +235,18 @@ def train_digits_command(
     seed: int = typer.Option(0, help="seeds initialisation, dropout, data order, steps n and noise"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: checkpoints/digits)"),
     threads: int = typer.Option(2, help="torch CPU threads (the shipped weights were made with 2; results depend on it)"),
-    check_only: bool = typer.Option(False, "--check-only", help="no training: redo the card's sample check of the weights in --out"),
+    check_only: bool = typer.Option(False, "--check-only", metavar="", help="no training: redo the card's sample check of the weights in --out"),
     check_samples: int = typer.Option(500, help="DDIM-50 samples of the card's check"),
+    force: bool = typer.Option(False, "--force", metavar="", help="replace weights already in --out (by default the shipped ones are kept)"),
 ) -> None:
     """Train the digits DDPM (ε-prediction, L_simple), write the EMA weights, card and a DDIM-50 sample grid."""
-    import torch
+    from .digits import DDPM_FILE, DIGITS_DIR, check_digits_ddpm, reproduce_digits_ddpm
+    from .outputs import refuse_to_replace
 
-    from .digits.training import check_digits_ddpm, reproduce_digits_ddpm
-
-    torch.set_num_threads(threads)
+    _positive(steps=steps, check_samples=check_samples)
+    set_threads(threads)
+    if not check_only:
+        refuse_to_replace([Path(out or DIGITS_DIR) / DDPM_FILE], force, "trained weights", "pass --out DIR to train into another folder")
     if check_only:
         check_digits_ddpm(directory=out, console=console, check_samples=check_samples, seed=seed)
         return
@@ -217,13 +263,16 @@ def train_digits_classifier_command(
     seed: int = typer.Option(0, help="seeds initialisation, dropout, data order and augmentation"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: checkpoints/digits)"),
     threads: int = typer.Option(1, help="torch CPU threads (the shipped files were made with 1; results depend on it)"),
+    force: bool = typer.Option(False, "--force", metavar="", help="replace files already in --out (by default the shipped ones are kept)"),
 ) -> None:
     """Train the digit classifier behind "FD (digits features)" and write its weights and the real-data stats."""
-    import torch
+    from .digits import CLASSIFIER_FILE, DIGITS_DIR, STATS_FILE, reproduce_digits_classifier
+    from .outputs import refuse_to_replace
 
-    from .digits.training import reproduce_digits_classifier
-
-    torch.set_num_threads(threads)
+    _positive(epochs=epochs)
+    set_threads(threads)
+    refuse_to_replace([Path(out or DIGITS_DIR) / name for name in (CLASSIFIER_FILE, STATS_FILE)], force,
+                      "trained weights and statistics", "pass --out DIR to train into another folder")
     info = reproduce_digits_classifier(epochs=epochs, seed=seed, directory=out, console=console)
     console.print(f"held-out accuracy {info['held_out_accuracy']:.4f} ({info['split']['held_out']} digits)")
 
@@ -248,13 +297,14 @@ def models_command() -> None:
             f"({env or 'unset'}), then ./checkpoints/<file> and {checkpoints.REPO_ROOT / 'checkpoints'}/<file>"
         ),
     )
+    # at 80 columns seven columns cut every word: names stay whole, the rest folds into two columns
     table.add_column("name", no_wrap=True)
-    for col in ("kind", "arch", "image shape", "params", "file", "status"):
-        table.add_column(col)
+    table.add_column("model", overflow="fold")
+    table.add_column("file, status", overflow="fold", ratio=1)
     for name, preset in checkpoints.presets().items():
-        params = f"{preset.params:,}" if preset.params else "—"
+        params = f"{preset.params:,} params" if preset.params else "no params"
         shape = "×".join(map(str, preset.image_shape))
-        table.add_row(name, preset.kind, preset.arch, shape, params, escape(preset.file or "—"), _file_status(preset))
+        table.add_row(name, f"{preset.kind}, {preset.arch}, {shape}, {params}", f"{escape(preset.file or '—')} — {_file_status(preset)}")
     console.print(table)
 
 
@@ -337,27 +387,29 @@ def bench_command(
     solvers: Optional[str] = typer.Option(None, help="comma-separated solver names or config labels to run"),
     nfe: Optional[str] = typer.Option(None, help="comma-separated NFE list (replaces the config's columns)"),
     num: Optional[int] = typer.Option(None, help="samples per cell"),
-    batch: Optional[int] = typer.Option(None, help="samples per batch (results do not depend on it)"),
+    batch: Optional[int] = typer.Option(None, help="samples per batch (results do not depend on it up to round-off: < 1e-4 relative, see --rel-tol)"),
     seed: Optional[int] = typer.Option(None, help="sample i of every cell uses noise derived from (seed, i)"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: the config's, else results/<name>)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ... (under torchrun: cuda = one GPU per local rank)"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice, one per core)"),
-    save_images: bool = typer.Option(False, "--save-images", help="also write every sample as a PNG under OUT/images/"),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the network (results are the same cells)"),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network (CUDA only)"),
-    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format for network and batch"),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
+    save_images: bool = typer.Option(False, "--save-images", metavar="", help="also write every sample as a PNG under OUT/images/"),
+    compile: bool = typer.Option(False, "--compile", metavar="", help="torch.compile the network (results are the same cells)"),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", metavar="", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network (CUDA only)"),
+    channels_last: bool = typer.Option(False, "--channels-last", metavar="", help="channels_last memory format for network and batch"),
     features: Optional[str] = typer.Option(None, help="inception, digits or exact (replaces the config's)"),
     ref_stats: Optional[str] = typer.Option(None, help="reference statistics .npz (mu, sigma)"),
     inception_weights: Optional[str] = typer.Option(None, help="pytorch-fid Inception weights file (pt_inception-2015-12-05-6726825d.pth)"),
     check: Optional[Path] = typer.Option(None, help="baseline results.json: exit 1 if a cell moved beyond --tol or is missing"),
-    tol: float = typer.Option(0.0, help="absolute tolerance of --check (default 0: exact)"),
-    rel_tol: float = typer.Option(0.0, help="relative tolerance of --check (a cell may move by max(tol, rel_tol·|baseline|))"),
-    check_subset: bool = typer.Option(False, "--check-subset", help="--check only the cells this run has (a reduced grid against a full table)"),
+    tol: float = typer.Option(0.0, help="absolute tolerance of --check"),
+    rel_tol: float = typer.Option(CHECK_REL_TOL, help="relative tolerance of --check (a cell may move by max(tol, rel_tol·|baseline|)); "
+                                  "the default covers the round-off of another --batch, --threads or process count (measured < 1e-4: benchmarks/roundoff.py); 0: exact"),
+    check_subset: bool = typer.Option(False, "--check-subset", metavar="", help="--check only the cells this run has (a reduced grid against a full table)"),
+    force: bool = typer.Option(False, "--force", metavar="", help="replace a report of another grid or settings already in --out"),
 ) -> None:
     """Run a benchmark config (default: the digits model, every solver × NFE, < 10 min on 2 CPU cores).
 
     Finished cells are kept in OUT/cells/ and skipped by a rerun; results.json/csv/md and fid_vs_nfe.png
-    are rewritten after every cell.
+    are rewritten after every cell. A report of another grid or settings in OUT is kept: pass --out or --force.
     """
     from .bench import Overrides, apply_overrides, load_config, run_benchmark
     from .bench.check import compare, load_baseline, print_check
@@ -368,12 +420,11 @@ def bench_command(
     )
     settings = apply_overrides(load_config(config), overrides)
     baseline = load_baseline(check) if check is not None else None  # a bad baseline fails before sampling
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
+    check_device(device)
     acceleration = {"compile": compile, "cuda_graphs": cuda_graphs, "channels_last": channels_last}
-    result = run_benchmark(settings, out, device=device, save_images=save_images, console=console, acceleration=acceleration)
+    result = run_benchmark(settings, out, device=device, save_images=save_images, console=console, acceleration=acceleration,
+                           force=force)
     if result.document is None:  # not rank 0 of a torchrun group: rank 0 reports
         return
     console.print(result.table)
@@ -399,9 +450,17 @@ def stats_command(
     features: str = typer.Option("inception", help=_FEATURES_HELP),
     batch: int = typer.Option(50, help="images per batch"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Feature statistics (mu, sigma) of images or samples, in the format of the FID reference files."""
     from .evaluation import write_stats
+    from .outputs import check_out_dir
+
+    set_threads(threads)
+    check_device(device)
+    check_out_dir(out.parent, "--out's folder")  # before any image is read
+    if out.is_dir():
+        raise DpmsError(f"--out {out} is a folder; pass the path of the statistics file to write, e.g. {out / 'stats.npz'}")
 
     stats = write_stats(source, out, features, inception_weights, batch, device, progress=console.is_terminal)
     console.print(f"{stats.num} samples, {stats.dims}-d features → {out}", highlight=False, soft_wrap=True)
@@ -415,10 +474,13 @@ def fid_command(
     features: str = typer.Option("inception", help=_FEATURES_HELP),
     batch: int = typer.Option(50, help="images per batch"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Print the FID (or Fréchet distance in other features) between samples and a reference."""
     from .evaluation import fid_of_paths
 
+    set_threads(threads)
+    check_device(device)
     name, value = fid_of_paths(samples, ref, features, inception_weights, batch, device, progress=console.is_terminal)
     console.print(f"{name}: {value:.6f}", highlight=False, soft_wrap=True)
 
@@ -434,14 +496,14 @@ def speed_command(
     batch: str = typer.Option("256", help="samples per batch, or 'auto' (CUDA: largest that fits; CPU: best images/s)"),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     dtype: str = typer.Option("fp32", help="network precision: fp32, fp16 or bf16 (autocast)"),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the network"),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network"),
-    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format for network and batch"),
+    compile: bool = typer.Option(False, "--compile", metavar="", help="torch.compile the network"),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", metavar="", help="torch.compile(mode='reduce-overhead'): CUDA graphs for the network"),
+    channels_last: bool = typer.Option(False, "--channels-last", metavar="", help="channels_last memory format for network and batch"),
     repeats: int = typer.Option(5, help="timed repeats of each loop (median reported)"),
     checkpoint: Optional[str] = typer.Option(None, help="checkpoint file or folder (default: the preset's file)"),
-    random_weights: bool = typer.Option(False, "--random-weights", help="time the preset's architecture with random weights (no file needed)"),
-    no_diffusers: bool = typer.Option(False, "--no-diffusers", help="skip the diffusers comparison"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)"),
+    random_weights: bool = typer.Option(False, "--random-weights", metavar="", help="time the preset's architecture with random weights (no file needed)"),
+    no_diffusers: bool = typer.Option(False, "--no-diffusers", metavar="", help="skip the diffusers comparison"),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON (atomically)"),
 ) -> None:
     """Time the sampling loop against NFE × one forward pass and against diffusers' scheduler."""
@@ -450,10 +512,8 @@ def speed_command(
     from .atomic import atomic_write_text
     from .speed import format_report, measure_speed
 
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
+    check_device(device)
     report = measure_speed(
         model, solver, nfe, _parse_batch(batch), device, dtype, compile=compile, cuda_graphs=cuda_graphs,
         channels_last=channels_last, repeats=repeats, checkpoint=checkpoint, random_weights=random_weights,

@@ -1,7 +1,8 @@
 """`dpms sample`: draw samples from a model with any solver and write them to disk.
 
 Sample i always starts from the same x_T (derived from (seed, i) by `dpms.sampler.noise`), so the
-output does not depend on the batch size. PNGs are written batch by batch and every sample goes into one
+output does not depend on the batch size, up to floating-point round-off (a batched network may sum in
+another order; `benchmarks/roundoff.py` measures it). PNGs are written batch by batch and every sample goes into one
 preallocated array (uint8 for images); the `.npz` is written atomically at the end, or with what was
 finished when the run is interrupted. It holds `samples` (N×H×W×C uint8 for images) and, for labelled
 runs, `labels`.
@@ -39,6 +40,18 @@ def _npz_arrays(samples: np.ndarray, sample_labels: np.ndarray | None) -> dict[s
     return {"samples": samples} if sample_labels is None else {"samples": samples, "labels": sample_labels}
 
 
+def _prepare_out(out: Path, force: bool) -> None:
+    """Check the folder before any sampling; with `force`, remove the earlier run's images."""
+    from .outputs import check_out_dir, refuse_to_replace
+
+    check_out_dir(out)
+    refuse_to_replace([out / "samples.npz", out / "images"], force, "samples of an earlier run",
+                      "pass --out with a new folder")
+    for old in [*(out / "images").glob("*.png"), out / "grid.png"] if force else []:
+        old.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def generate(
     target: Target,
     solver: str,
@@ -53,15 +66,19 @@ def generate(
     class_labels: list[int] | None = None,
     save_png: bool = True,
     console: Console | None = None,
+    force: bool = False,
     **options,
 ) -> dict:
-    """Sample `num` samples in batches; write out/samples.npz (+ PNGs and grid.png for images)."""
+    """Sample `num` samples in batches; write out/samples.npz (+ PNGs and grid.png for images).
+
+    A folder that already holds samples is refused unless `force`, which first removes the earlier run's
+    PNGs (a smaller run would leave stale ones beside the new samples.npz)."""
     console = console or Console()
     sampler.validate(solver, target.schedule, nfe=nfe, skip=skip, t_end=t_end, **options)  # fail before any work
     if num < 1 or batch < 1:
         raise DpmsError(f"--num and --batch must be positive, got {num} and {batch}")
     target.check_labels(class_labels)
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_out(Path(out), force)
     samples, sample_labels = _allocate(target, num, target.sample_dtype), np.empty(num, dtype=np.int64) if target.num_classes else None
     nfe_used, t_end_used = [], None
     start = time.perf_counter()
@@ -96,9 +113,18 @@ def generate(
     if done == 0:
         raise DpmsError("no samples were finished; nothing written")
     finished = samples[:done]  # views: an interrupted run saves what it finished, without copies
-    atomic_save_npz(out / "samples.npz", **_npz_arrays(finished, None if sample_labels is None else sample_labels[:done]))
-    if target.is_image:
-        save_grid(torch.from_numpy(finished[:64]), out / "grid.png", scale=max(1, 64 // finished.shape[1]))
+    try:
+        atomic_save_npz(out / "samples.npz", **_npz_arrays(finished, None if sample_labels is None else sample_labels[:done]))
+        if target.is_image:
+            save_grid(torch.from_numpy(finished[:64]), out / "grid.png", scale=max(1, 64 // finished.shape[1]))
+    except OSError as e:
+        from .outputs import write_failure
+
+        pngs = len(list((out / "images").glob("*.png"))) if save_png and target.is_image else 0
+        failure = write_failure(e, "samples.npz was not written" + (f" ({pngs} PNGs are in {out / 'images'})" if pngs else ""))
+        if failure is None:
+            raise
+        raise failure from None
     summary = {
         "model": target.name,
         "solver": solver,
@@ -106,6 +132,7 @@ def generate(
         "nfe_used_per_batch": sorted(set(nfe_used)),
         "t_end": t_end_used,
         "num": done,
+        "interrupted": done < num,
         "seconds": seconds,
         "out": str(out),
     }

@@ -60,9 +60,9 @@ def write_config(tmp_path: Path, name: str = "bench.yaml", **changes) -> Path:
     return path
 
 
-def bench(config_path: Path, out: Path, **overrides):
+def bench(config_path: Path, out: Path, force: bool = False, **overrides):
     config = apply_overrides(load_config(config_path), Overrides(**overrides))
-    return run_benchmark(config, out)
+    return run_benchmark(config, out, force=force)
 
 
 def fids(result) -> dict[str, float]:
@@ -171,9 +171,9 @@ def test_rerun_skips_finished_cells_and_recomputes_changed_settings(tmp_path):
         if name != victim:
             assert (out / "cells" / name).read_text() == text  # untouched, "seconds" and timestamp included
     assert fids(second) == pytest.approx(fids(first), rel=1e-10)
-    changed = bench(config, out, seed=4)
+    changed = bench(config, out, force=True, seed=4)  # another report in the same folder: only with force
     assert len(changed.computed) == 4 and not set(fids(changed)) & set(fids(first))
-    other_options = bench(write_config(tmp_path, "b.yaml", solvers=["ddim", {"name": "dpm3", "order_plan": "fixed"}], nfe=[6]), out)
+    other_options = bench(write_config(tmp_path, "b.yaml", solvers=["ddim", {"name": "dpm3", "order_plan": "fixed"}], nfe=[6]), out, force=True)
     assert [k.split("-")[0] for k in other_options.computed] == ["dpm3"]  # ddim at NFE 6 was already there
 
 
@@ -277,7 +277,8 @@ def test_check_passes_on_itself_and_fails_when_a_cell_moved_or_is_missing(tmp_pa
     assert "moved dpm3@10" in printed and "1 moved, 0 missing" in printed
     assert main(args + ["--check", str(baseline), "--tol", "0.011"]) == 0
     assert main(args + ["--check", str(baseline), "--rel-tol", "10"]) == 0
-    assert main(args + ["--solvers", "ddim", "--check", str(out / "results.json")]) == 1
+    reduced = ["bench", "--config", str(config), "--out", str(tmp_path / "reduced")]  # a reduced grid keeps out/'s report
+    assert main(reduced + ["--solvers", "ddim", "--check", str(out / "results.json")]) == 1
     assert "missing dpm3@6" in capsys.readouterr().out
 
 

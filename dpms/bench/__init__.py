@@ -36,6 +36,7 @@ def run_benchmark(
     save_images: bool = False,
     console: Console | None = None,
     acceleration: dict | None = None,
+    force: bool = False,
 ) -> BenchResult:
     """Check the config and its files, then run every unfinished cell, writing into out_dir.
 
@@ -43,13 +44,24 @@ def run_benchmark(
     how the network runs, not what a cell measures, so not part of the cells' keys.
 
     Under torchrun (WORLD_SIZE > 1) the samples of each cell are shared between the processes; only
-    rank 0 writes, and only rank 0's result carries the JSON document.
+    rank 0 writes, and only rank 0's result carries the JSON document. A report of another grid or settings
+    already in out_dir is refused unless `force`.
     """
+    from contextlib import nullcontext
+
+    from .lock import folder_lock
+
     check_save_images(config, save_images)
     console = console or Console()
     world = init_world(device)
+    out = Path(out_dir) if out_dir else default_out_dir(config)
+    if world.is_main:
+        from ..outputs import check_out_dir
+
+        check_out_dir(out)  # an existing file or an unwritable folder fails now, not after the first cell
     try:
-        prep = prepare(config, world.device, acceleration)
-        return run_cells(prep, Path(out_dir) if out_dir else default_out_dir(config), world, save_images, console)
+        prep = prepare(config, world.device, acceleration)  # every check before the folder is touched
+        with folder_lock(out) if world.is_main else nullcontext():  # one writing run per folder
+            return run_cells(prep, out, world, save_images, console, force=force)
     finally:
         world.close()

@@ -55,9 +55,31 @@ def load_baseline(path: str | Path) -> list[dict]:
         raise MissingFileError(f"baseline {path} not found; pass the results.json of an earlier `dpms bench` run")
     try:
         cells = json.loads(path.read_text())["cells"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
         raise DpmsError(f"baseline {path} is not a dpms bench results.json (no 'cells' list)") from None
+    # every field `compare` reads, checked now: a bad baseline must fail before the bench runs, not after
+    if not isinstance(cells, list):
+        raise DpmsError(f"baseline {path} is not a dpms bench results.json ('cells' is not a list)")
+    for n, cell in enumerate(cells):
+        problem = _baseline_cell_problem(cell)
+        if problem:
+            raise DpmsError(f"baseline {path}: cell {n + 1} {problem}; pass the results.json of an earlier `dpms bench` run")
     return cells
+
+
+def _baseline_cell_problem(cell) -> str | None:
+    if not isinstance(cell, dict):
+        return "is not an object"
+    missing = [k for k in ("label", "column", "metric", "fid") if k not in cell]
+    if missing:
+        return f"has no {missing[0]!r}"
+    for quantity in COMPARED:
+        value = cell.get(quantity)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"has a {quantity} that is not a number ({value!r})"
+    if cell.get("num") is not None and not isinstance(cell["num"], int):
+        return f"has a num that is not an integer ({cell['num']!r})"
+    return None
 
 
 def compare(records: list[dict], baseline: list[dict], tol: float, rel_tol: float = 0.0, subset: bool = False) -> CheckResult:
@@ -81,6 +103,9 @@ def compare(records: list[dict], baseline: list[dict], tol: float, rel_tol: floa
             continue
         if mine.get("num") is not None and base.get("num") is not None and mine["num"] != base["num"]:
             result.moved.append(Moved(name, "fid", mine["fid"], base["fid"], f"{mine['num']} samples vs {base['num']}: rerun with --num {base['num']}"))
+            continue
+        if mine.get("diverged") and not base.get("diverged"):
+            result.moved.append(Moved(name, "fid", None, base["fid"], "diverged (NaN/inf samples)"))
             continue
         for quantity in COMPARED:
             if base.get(quantity) is None:

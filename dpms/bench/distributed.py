@@ -62,11 +62,33 @@ class World:
             self.owns_group = False
 
 
+def die_with_parent() -> bool:
+    """Ask Linux to send this process SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG): a torchrun
+    worker whose launcher is killed must not run on as an orphan. False where that is not available."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() == 1:  # the launcher died before the request: go now
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
 def init_world(device: str = "cpu") -> World:
     """Join torchrun's process group when WORLD_SIZE > 1; else a single-process world on `device`."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World(device=device)
+    die_with_parent()
     import torch.distributed as dist
 
     cuda = device.startswith("cuda")

@@ -13,12 +13,12 @@ only Inception numbers are ever called FID.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_path, atomic_write_text
 from ..plot import Series, line_plot
 
 
@@ -30,12 +30,23 @@ def cell_path(out_dir: Path, key: str) -> Path:
     return Path(out_dir) / "cells" / f"{key}.json"
 
 
+def checksum(record: dict) -> str:
+    """sha256 of a cell record's JSON (without its own checksum): a cell file edited by hand, or damaged,
+    no longer matches and is recomputed instead of trusted."""
+    body = {k: v for k, v in json.loads(json.dumps(record, default=str)).items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def write_cell(out_dir: Path, record: dict) -> None:
-    atomic_write_text(cell_path(out_dir, record["key"]), json.dumps(record, indent=2) + "\n")
+    record = {k: v for k, v in record.items() if k != "checksum"}
+    atomic_write_text(cell_path(out_dir, record["key"]), json.dumps({**record, "checksum": checksum(record)}, indent=2) + "\n")
 
 
-def read_finished(out_dir: Path, cells) -> dict[str, dict]:
-    """The records of `cells` already finished in out_dir (same key and same settings)."""
+def read_finished(out_dir: Path, cells, warn=None) -> dict[str, dict]:
+    """The records of `cells` already finished in out_dir (same key, same settings, intact checksum).
+
+    A cell file that cannot be read, is not a cell record, or does not match its own checksum (damaged or
+    edited) is recomputed; `warn(line)` is told so, once per file."""
     done = {}
     for cell in cells:
         path = cell_path(out_dir, cell.key)
@@ -43,11 +54,55 @@ def read_finished(out_dir: Path, cells) -> dict[str, dict]:
             continue
         try:
             record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # unreadable: recompute (writes are atomic, so only a foreign file gets here)
+            problem = _record_problem(record)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            problem = f"unreadable ({type(e).__name__})"
+        if problem is not None:
+            if warn is not None:
+                warn(f"cell file {path} is {problem}: recomputing that cell")
+            continue
         if record.get("key") == cell.key and record.get("settings") == json.loads(json.dumps(cell.settings, default=str)):
             done[cell.key] = record
     return done
+
+
+def _record_problem(record) -> str | None:
+    """What is wrong with a loaded cell record, or None."""
+    if not isinstance(record, dict):
+        return "not a cell record"
+    if "checksum" not in record:
+        return "without a checksum (written by an older dpms, or edited)"
+    missing = [k for k in ("key", "label", "fid", "settings") if k not in record]
+    if missing:
+        return f"not a cell record (no {missing[0]!r})"
+    if record["checksum"] != checksum(record):
+        return "edited or damaged (its content does not match its checksum)"
+    return None
+
+
+def _what(settings: dict) -> str:
+    """A cell's settings less the code version: a rerun after a code change recomputes the same grid."""
+    return json.dumps({k: v for k, v in settings.items() if k not in ("dpms", "numerics")}, sort_keys=True, default=str)
+
+
+def replaced_report(out_dir: Path, cells) -> str | None:
+    """Why this run's report would silently replace the report in out_dir, or None if it would not: a cell of
+    the existing results.json whose settings (all but the code version) no cell of this run has would drop
+    out of the tables. A run of the same grid (resumed, extended, relabelled, or after a code change) is fine."""
+    path = Path(out_dir) / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text()).get("cells") or []
+        old_what = [(cell_id(r), _what(r["settings"])) for r in old if isinstance(r, dict) and isinstance(r.get("settings"), dict)]
+    except (OSError, json.JSONDecodeError, AttributeError, KeyError):
+        return None  # not a dpms report: nothing of ours to keep
+    new_what = {_what(json.loads(json.dumps(c.settings, default=str))) for c in cells}
+    dropped = [name for name, what in old_what if what not in new_what]
+    if not dropped:
+        return None
+    return (f"{path} holds a report of another grid or settings ({len(dropped)} of its {len(old_what)} cells, e.g. {dropped[0]}, "
+            f"are not in this run); pass --out DIR to write this run elsewhere, or --force to replace that report")
 
 
 def presentation(cell, config, value: float) -> dict:
@@ -59,7 +114,7 @@ def presentation(cell, config, value: float) -> dict:
         "axis": config.axis,
         "paper": cell.paper,
         "paper_nfe": cell.paper_column if cell.adaptive else None,
-        "delta": None if cell.paper is None else value - cell.paper,
+        "delta": None if cell.paper is None or value is None else value - cell.paper,
         "confidence": cell.entry.confidence or config.confidence,
     }
 
@@ -83,7 +138,9 @@ def fmt(value: float | None) -> str:
 
 def cell_text(record: dict) -> str:
     """'ours (paper, Δ)', or 'ours' without a published number; adaptive cells and columns of step
-    counts also give the NFE used ('3.95 @59')."""
+    counts also give the NFE used ('3.95 @59'); a cell whose samples went NaN/inf reads "diverged"."""
+    if record.get("diverged"):
+        return "diverged" + (f" ({fmt(record['paper'])})" if record.get("paper") is not None else "")
     ours = fmt(record["fid"])
     if record.get("adaptive") or record.get("axis") == "steps":
         ours += f" @{record['nfe_used']:g}"
@@ -175,16 +232,15 @@ def csv_text(cells, records: dict[str, dict]) -> str:
 def plot(path: Path, config, metric: str, cells, records: dict[str, dict]) -> None:
     series = []
     for label in dict.fromkeys(c.label for c in cells):
-        done = [records[c.key] for c in cells if c.label == label and c.key in records]
+        done = [records[c.key] for c in cells if c.label == label and c.key in records and records[c.key]["fid"] is not None]
         if done:
             adaptive = any(r.get("adaptive") for r in done)
             name = f"{label} (adaptive)" if adaptive else label
             series.append(Series(name, [r["nfe_used"] for r in done], [r["fid"] for r in done], lines=not adaptive))
     ticks = sorted({c.nfe for c in cells if c.nfe is not None})
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    line_plot(series, tmp, title=f"{config.name}: {metric} vs NFE", x_label="NFE (network evaluations per sample)",
-              y_label=metric, log_x=True, log_y=True, x_ticks=ticks)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        line_plot(series, tmp, title=f"{config.name}: {metric} vs NFE", x_label="NFE (network evaluations per sample)",
+                  y_label=metric, log_x=True, log_y=True, x_ticks=ticks)
 
 
 def write_reports(out_dir: Path, config, metric: str, cells, records: dict[str, dict], skipped, world_size: int = 1) -> dict:
@@ -206,15 +262,22 @@ def write_reports(out_dir: Path, config, metric: str, cells, records: dict[str, 
     return document
 
 
-def rich_table(config, metric: str, cells, records: dict[str, dict], skipped):
+def rich_table(config, metric: str, cells, records: dict[str, dict], skipped, quantity: str = "fid"):
+    """The table of `quantity`: the metric ("ours (paper, Δ)"), or "ode_error" (the mean L2 error against the
+    exact ODE solution). Solver names never wrap (at 80 columns 'dpmpp2m' would read 'dpmp…'); cells fold."""
     from rich.table import Table
 
     axis = "NFE" if config.axis == "nfe" else "steps"
-    header, rows = table_rows(config, cells, records, skipped)
-    table = Table(title=f"{config.name}: {metric} — ours (paper, Δ)", title_justify="left")
-    table.add_column(f"solver \\ {axis}", style="bold")
+    if quantity == "fid":
+        header, rows = table_rows(config, cells, records, skipped)
+        title = f"{config.name}: {metric} — ours (paper, Δ)"
+    else:
+        header, rows = table_rows(config, cells, records, skipped, text=lambda r: fmt(r.get(quantity)))
+        title = f"{config.name}: mean L2 error against the exact ODE solution"
+    table = Table(title=title, title_justify="left")
+    table.add_column(f"solver \\ {axis}", style="bold", no_wrap=True, min_width=max([len(r[0]) for r in rows] + [4]))
     for h in header:
-        table.add_column(h, justify="right")
+        table.add_column(h, justify="right", overflow="fold")
     for row in rows:
         table.add_row(*row)
     return table

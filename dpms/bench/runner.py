@@ -3,7 +3,8 @@
 Determinism. Sample i of a cell starts from x_T drawn by its own generator seeded from (seed, i), takes
 its stochastic solvers' noise from another generator seeded from (seed, i), and its class label (for
 class-conditional or guided models) from a third (`dpms.sampler.noise`). So a cell's samples do not
-depend on the batch size or on how many processes share the work. Adaptive solvers (dpm12, dpm23, rk45)
+depend on the batch size or on how many processes share the work, up to floating-point round-off (batched
+convolutions and merged statistics sum in another order: < 1e-4 relative on digits, `benchmarks/roundoff.py`). Adaptive solvers (dpm12, dpm23, rk45)
 are the exception the papers impose: one step size is shared by a whole batch (the error norm is the
 batch maximum, as in the official code), so for them the batch is fixed by the config
 (`adaptive_batch`: samples [0, A), [A, 2A), ...) instead of by --batch.
@@ -22,7 +23,6 @@ confidence) from the current config.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from .. import sampler
-from ..errors import DpmsError, MissingFileError
+from ..atomic import atomic_path
+from ..errors import DpmsError, MissingFileError, NonFiniteError
 from ..evaluation import FeatureStats, feature_extractor, frechet_distance
 from ..evaluation.kinds import get_feature_kind
 from ..evaluation.stats import load_stats
+from ..outputs import write_failure
 from ..images import save_grid, to_uint8
 from ..models.checkpoints import get_preset, resolve_checkpoint
 from ..target import Target, describe_target, load_target
@@ -237,7 +240,7 @@ def _features(prep: Prepared, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_images: bool, keep_grid: bool,
-             on_batch=None, ode_cache: dict | None = None) -> dict | None:
+             on_batch=None, ode_cache: dict | None = None, on_reference=None) -> dict | None:
     """Sample this rank's share of a cell; on rank 0 return the merged record (None elsewhere)."""
     config, target = prep.config, prep.target
     stats = FeatureStats(prep.metric.dims)
@@ -246,16 +249,23 @@ def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_image
     grid_images: list[tuple[int, np.ndarray]] = []
     count = config.sample_grid["count"] if keep_grid else 0
     seconds = sampling_seconds = 0.0  # the exact-solution reference is measurement, not sampling: not timed
+    diverged = None  # the NaN/inf message of the first batch that diverged: the cell is recorded as diverged
     for idx in shard(cell, config, world):
         start = time.perf_counter()
-        x, info, x_T, _ = target.draw(idx, config.seed, world.device, cell.spec.name, cell.nfe, skip=cell.skip,
-                                      t_end=cell.t_end, **cell.entry.options)
+        try:
+            x, info, x_T, _ = target.draw(idx, config.seed, world.device, cell.spec.name, cell.nfe, skip=cell.skip,
+                                          t_end=cell.t_end, **cell.entry.options)
+        except NonFiniteError as e:
+            diverged = f"samples {idx[0]}..{idx[-1]}: {e}"
+            break
         nfe_used.append((len(idx), info.nfe))
         sampling_seconds += time.perf_counter() - start
         features, u8 = _features(prep, x)
         stats.update(features)
         seconds += time.perf_counter() - start
         if prep.ode_model is not None:
+            if on_reference is not None:  # the DOP853 reference can take longer than the sampling: say so
+                on_reference()
             errors = _ode_errors(prep, x, x_T, idx, cell.t_end, ode_cache)
             err_sum += float(errors.sum())
             err_sq += float((errors**2).sum())
@@ -266,7 +276,7 @@ def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_image
         if on_batch is not None:
             on_batch(len(idx))
     parts = world.gather({"stats": stats.state_dict(), "seconds": seconds, "sampling_seconds": sampling_seconds, "nfe_used": nfe_used,
-                          "err_sum": err_sum, "err_sq": err_sq, "grid": grid_images})
+                          "err_sum": err_sum, "err_sq": err_sq, "grid": grid_images, "diverged": diverged})
     if parts is None:
         return None
     merged = FeatureStats.from_state_dict(parts[0]["stats"])
@@ -277,9 +287,8 @@ def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_image
         images = [img for _, img in sorted((pair for part in parts for pair in part["grid"]), key=lambda pair: pair[0])]
         if images:
             path = grid_path(out_dir, cell)
-            tmp = path.with_name(f".{path.stem}.tmp.png")
-            save_grid(torch.from_numpy(np.stack(images)), tmp, nrow=10, scale=max(1, 64 // images[0].shape[0]))
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                save_grid(torch.from_numpy(np.stack(images)), tmp, nrow=10, scale=max(1, 64 // images[0].shape[0]))
             record["sample_grid"] = path.name
     return record
 
@@ -308,8 +317,10 @@ def _save_pngs(u8: torch.Tensor, idx: list[int], folder: Path) -> None:
 
 def _record(prep: Prepared, cell: Cell, stats, parts: list[dict], world: World) -> dict:
     config = prep.config
-    value = float(frechet_distance(stats.mu, stats.sigma, prep.metric.mu_ref, prep.metric.sigma_ref))
-    batches = [b for part in parts for b in part["nfe_used"]]
+    diverged = next((part["diverged"] for part in parts if part.get("diverged")), None)
+    # a diverged cell has no value: it is kept (a rerun does not redo it) and shown as "diverged"
+    value = None if diverged else float(frechet_distance(stats.mu, stats.sigma, prep.metric.mu_ref, prep.metric.sigma_ref))
+    batches = [b for part in parts for b in part["nfe_used"]] or [(1, cell.nfe or 0)]
     used = [n for _, n in batches]
     nfe_used = sum(s * n for s, n in batches) / sum(s for s, _ in batches)
     seconds = max(part["seconds"] for part in parts)  # the slowest rank: the cell's wall time
@@ -327,6 +338,7 @@ def _record(prep: Prepared, cell: Cell, stats, parts: list[dict], world: World) 
         "stochastic": cell.spec.stochastic,
         "metric": prep.metric.name,
         "fid": value,
+        "diverged": diverged,
         "paper": shown["paper"],
         "paper_nfe": shown["paper_nfe"],
         "delta": shown["delta"],
@@ -343,7 +355,7 @@ def _record(prep: Prepared, cell: Cell, stats, parts: list[dict], world: World) 
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": cell.settings,
     }
-    if prep.ode_model is not None:
+    if prep.ode_model is not None and not diverged:
         total, squares = sum(p["err_sum"] for p in parts), sum(p["err_sq"] for p in parts)
         record["ode_error"] = total / config.num
         record["ode_error_std"] = max(squares / config.num - record["ode_error"] ** 2, 0.0) ** 0.5
@@ -351,12 +363,20 @@ def _record(prep: Prepared, cell: Cell, stats, parts: list[dict], world: World) 
 
 
 # ------------------------------------------------------------------------------------ all cells
-def run_cells(prep: Prepared, out_dir: Path, world: World, save_images: bool = False, console: Console | None = None) -> BenchResult:
-    """Run every unfinished cell (rank 0 writes each one at once and refreshes the reports)."""
+def run_cells(prep: Prepared, out_dir: Path, world: World, save_images: bool = False, console: Console | None = None,
+              force: bool = False) -> BenchResult:
+    """Run every unfinished cell (rank 0 writes each one at once and refreshes the reports).
+
+    A report in out_dir of another grid or settings is not replaced unless `force` (`report.replaced_report`)."""
     console = console or Console()
     out_dir = Path(out_dir)
     config = prep.config
-    records = world.broadcast(_load_finished(prep, out_dir) if world.is_main else None)
+    if world.is_main:
+        refusal = None if force else report.replaced_report(out_dir, prep.cells)
+        found = (None, refusal) if refusal else (_load_finished(prep, out_dir, console), None)
+    records, refusal = world.broadcast(found if world.is_main else None)
+    if refusal:  # every rank stops, not only the one that writes
+        raise DpmsError(refusal)
     todo = [c for c in prep.cells if c.key not in records]
     grids = grid_cells(prep)
     computed: list[str] = []
@@ -370,25 +390,39 @@ def run_cells(prep: Prepared, out_dir: Path, world: World, save_images: bool = F
     with _progress(console, world, len(todo), config.num) as progress:
         for n, cell in enumerate(todo, 1):
             progress.start_cell(n, cell)
-            record = run_cell(prep, cell, world, out_dir, save_images, cell.key in grids, progress.advance, ode_cache)
+            record = run_cell(prep, cell, world, out_dir, save_images, cell.key in grids, progress.advance, ode_cache,
+                              progress.reference)
             computed.append(cell.key)
             if world.is_main:
                 records[cell.key] = record
-                report.write_cell(out_dir, record)
-                report.write_reports(out_dir, config, prep.metric.name, prep.cells, records, prep.skipped, world.size)
+                try:
+                    report.write_cell(out_dir, record)
+                    report.write_reports(out_dir, config, prep.metric.name, prep.cells, records, prep.skipped, world.size)
+                except OSError as e:
+                    kept = sum(report.cell_path(out_dir, key).is_file() for key in records)
+                    failure = write_failure(e, f"{kept} finished cell{'s' * (kept != 1)} are kept in {out_dir / 'cells'} "
+                                               f"and a rerun resumes from them")
+                    if failure is None:
+                        raise
+                    raise failure from None
                 progress.finish_cell(record)
     document = table = None
     if world.is_main:
         document = report.write_reports(out_dir, config, prep.metric.name, prep.cells, records, prep.skipped, world.size)
         table = report.rich_table(config, prep.metric.name, prep.cells, records, prep.skipped)
+        if any(r.get("ode_error") is not None for r in records.values()):  # the exact model: its error table too
+            from rich.console import Group
+
+            table = Group(table, report.rich_table(config, prep.metric.name, prep.cells, records, prep.skipped, quantity="ode_error"))
     ordered = [records[c.key] for c in prep.cells if c.key in records]
     return BenchResult(ordered, prep.skipped, computed, prep.metric.name, document, table, out_dir)
 
 
-def _load_finished(prep: Prepared, out_dir: Path) -> dict[str, dict]:
+def _load_finished(prep: Prepared, out_dir: Path, console: Console | None = None) -> dict[str, dict]:
     """The finished cells in out_dir, presented as the current config says (label, published number),
-    each cell file rewritten where that changed."""
-    records = report.read_finished(out_dir, prep.cells)
+    each cell file rewritten where that changed. Damaged or edited cell files are reported and recomputed."""
+    warn = (lambda line: console.print(f"[yellow]{escape(line)}[/]", highlight=False, soft_wrap=True)) if console else None
+    records = report.read_finished(out_dir, prep.cells, warn)
     for cell in prep.cells:
         if cell.key in records:
             fresh = report.refresh(records[cell.key], cell, prep.config)
@@ -424,6 +458,10 @@ class _progress:
             what = "adaptive" if cell.adaptive else f"NFE {cell.nfe}"
             self.progress.reset(self.current, total=self.num, description=f"{cell.label} {what}", rate="")
 
+    def reference(self) -> None:
+        if self.progress is not None:
+            self.progress.update(self.current, rate="exact ODE reference (DOP853)…")
+
     def advance(self, samples: int) -> None:
         self.done += samples * self.world.size  # the other ranks advance at the same pace
         if self.progress is not None:
@@ -435,7 +473,7 @@ class _progress:
             self.progress.advance(self.all)
             self.progress.console.print(
                 f"  {record['label']:>10} {'adaptive' if record['adaptive'] else 'NFE ' + str(record['nfe']):>9}: "
-                f"{record['metric']} {report.fmt(record['fid'])}  (NFE used {record['nfe_used']}, {record['seconds']:.1f} s)",
+                f"{record['metric']} {'diverged' if record.get('diverged') else report.fmt(record['fid'])}  (NFE used {record['nfe_used']}, {record['seconds']:.1f} s)",
                 highlight=False)
 
     def __exit__(self, *exc):

@@ -71,10 +71,20 @@ class ModuleFeatures(FeatureExtractor):
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
+        channels = _first_conv_channels(self.module)
+        if channels is not None and images.ndim == 4 and images.shape[1] != channels:
+            kind = {1: "grayscale", 3: "RGB"}
+            raise DpmsError(f"{self.name} takes {kind.get(channels, channels)} images ({channels} channel{'s' * (channels > 1)}) "
+                            f"but got {images.shape[1]}-channel ones; convert them, or use features that fit (inception for RGB)")
         features = self.module(images.to(self.device)).flatten(1)
         if self.dims is not None and features.shape[1] != self.dims:
             raise DpmsError(f"{self.name}: the network gives {features.shape[1]} features, expected {self.dims}")
         return features
+
+
+def _first_conv_channels(module: nn.Module) -> int | None:
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    return convs[0].in_channels if convs else None
 
 
 def _last_linear_width(module: nn.Module) -> int | None:

@@ -7,8 +7,8 @@ Accepted inputs (all yield batches for `FeatureExtractor`):
   converted to RGB exactly as pytorch-fid's ImagePathDataset does; otherwise grayscale files stay
   one-channel. All images must have one size.
 - an `.npz` with an array `samples`: uint8 (N, H, W, C) images with C = 1 or 3 (what `dpms sample`
-  writes for image models), or floats — (N, C, H, W) images in [−1, 1], or (N, D) vectors (the exact
-  model) — passed to the extractor as they are.
+  writes for image models), or floats of any precision — images in [−1, 1] as (N, C, H, W) or (N, H, W, C),
+  given to the extractor as float32 NCHW, or (N, D) vectors (the exact model), given as they are.
 - a torch tensor or numpy array following the same rules as `samples`.
 """
 
@@ -60,12 +60,16 @@ def image_files(directory: Path) -> list[Path]:
 
 def read_image(path: Path, mode: str | None) -> np.ndarray:
     """uint8 (H, W, C). mode "RGB" converts like pytorch-fid; None keeps L and RGB files as they are."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as image:
-        if mode is None and image.mode not in ("L", "RGB"):
-            mode = "RGB"
-        array = np.asarray(image.convert(mode) if mode and image.mode != mode else image, dtype=np.uint8)
+    try:
+        with Image.open(path) as image:
+            if mode is None and image.mode not in ("L", "RGB"):
+                mode = "RGB"
+            array = np.asarray(image.convert(mode) if mode and image.mode != mode else image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        reason = str(e).split(" '")[0] if isinstance(e, UnidentifiedImageError) else str(e)
+        raise DpmsError(f"{path} cannot be read as an image ({reason}); remove or replace that file") from None
     return array[:, :, None] if array.ndim == 2 else array
 
 
@@ -109,8 +113,24 @@ def open_source(source, batch_size: int, image_mode: str | None) -> tuple[int, I
             return len(files), _image_batches(files, batch_size, image_mode)
         source = load_samples(path)
     check_samples(source, "samples")
-    samples = torch.as_tensor(source)
+    samples = as_nchw_float_images(torch.as_tensor(source))
     return len(samples), iter(samples.split(batch_size))
+
+
+def as_nchw_float_images(samples: torch.Tensor) -> torch.Tensor:
+    """Float image samples as the extractors take them: float32 NCHW. Images may come as NHWC or NCHW, in
+    any float dtype (what the module docstring promises); vectors and uint8 images are returned as they are."""
+    if samples.dtype == torch.uint8 or samples.ndim != 4:
+        return samples
+    if samples.shape[1] not in (1, 3) and samples.shape[3] in (1, 3):
+        samples = samples.permute(0, 3, 1, 2)
+    if samples.shape[1] not in (1, 3):
+        raise DpmsError(f"float image samples must have 1 or 3 channels (NCHW or NHWC), got shape {tuple(samples.shape)}")
+    low, high = float(samples.min()), float(samples.max())
+    if low < -1.0 - 1e-3 or high > 1.0 + 1e-3:
+        raise DpmsError(f"float image samples must lie in [-1, 1], these span [{low:.4g}, {high:.4g}]; "
+                        "scale them (x / 127.5 - 1 for 0..255) or pass uint8 images")
+    return samples.float().contiguous()
 
 
 def _image_batches(files: list[Path], batch_size: int, mode: str | None) -> Iterator[torch.Tensor]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 from pathlib import Path
 from functools import cached_property
 from typing import TYPE_CHECKING, Callable, ClassVar, Mapping
@@ -72,6 +73,15 @@ def _reason(error: BaseException) -> str:
     return lines[0].split(". ")[0].rstrip(".")
 
 
+def _pickled_code(error: BaseException) -> str | None:
+    """The global a weights-only load refused (e.g. "posix.system"), or None when the error is not such a
+    refusal. torch words it differently across versions ("Unsupported global: GLOBAL x", "Trying to load
+    unsupported GLOBAL x whose module y is blocked"), so the match is on the word GLOBAL and its name."""
+    text = strip_ansi(str(error))
+    found = re.search(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.<>]+)", text, re.IGNORECASE)
+    return None if found is None else found.group(1)
+
+
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -90,12 +100,12 @@ def torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = _reason(e)
-        if not reason.startswith("Unsupported global"):  # not a pickle torch can parse: damaged bytes
-            raise UnreadableCheckpoint(path, f"torch.load: {reason}") from None
+        code = _pickled_code(e)
+        if code is None:  # not a pickle torch can parse: damaged bytes
+            raise UnreadableCheckpoint(path, f"torch.load: {_reason(e)}") from None
         raise DpmsError(
-            f"cannot read {path} as a tensor-only checkpoint (torch.load weights_only=True: {reason}); "
-            "dpms never unpickles code, re-save the weights as a plain state_dict"
+            f"{path} contains pickled code ({code}) and is refused: dpms never runs code from a checkpoint file; "
+            "re-save the weights as a plain state_dict of tensors (torch.save(model.state_dict(), ...)) or as .safetensors"
         ) from None
     except (PermissionError, IsADirectoryError) as e:
         raise DpmsError(f"cannot open {path} ({e.strerror}); check the path and its permissions") from None

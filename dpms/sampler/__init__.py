@@ -161,6 +161,19 @@ def per_sample_randn(seeds, device=None, dtype=None):
     return randn
 
 
+def _check_option_types(spec: SolverSpec, options: dict) -> None:
+    """A numeric option (rtol, max_nfe, ...) given something else (--option rtol=abc) is one line, not a
+    TypeError deep in the solver. String-valued options (order_plan, lower_order_final) the solver checks."""
+    for key, value in options.items():
+        default = spec.options.get(key)
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (isinstance(default, int) and not float(value).is_integer()):
+            kind = "an integer" if isinstance(default, int) else "a number"
+            raise DpmsError(f"solver {spec.name!r} option {key} takes {kind} (default {default!r}), got {value!r}")
+
+
 def _prepare(spec: SolverSpec, schedule, dtype, device, nfe, skip, t_start, t_end, timesteps, options, rho=DEFAULT_RHO, afs=False, denoise_to_zero=False):
     """Validate a request and build the time grid: every check happens here, before any network call.
 
@@ -168,6 +181,7 @@ def _prepare(spec: SolverSpec, schedule, dtype, device, nfe, skip, t_start, t_en
     where the solver's plan makes a per-step plan."""
     plan_options, options = spec.split_options(options)
     _check_sample_options(rho, afs, denoise_to_zero)
+    _check_option_types(spec, {**plan_options, **options})
     if not dtype.is_floating_point:
         raise DpmsError(f"x_T must be a floating-point tensor, got {dtype}")
     if timesteps is not None:
