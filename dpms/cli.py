@@ -7,6 +7,7 @@ line and exit with code 2.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -46,9 +47,24 @@ def _print_error(error: DpmsError) -> None:
     err_console.print("[bold red]error:[/] " + escape(_plain_one_line(str(error))), highlight=False, soft_wrap=True)
 
 
+_WARNED: set[str] = set()
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A library warning (a codebase list's repeated index, a singular covariance) as one line, not
+    Python's two (its source line is the library's, of no use to a user), and once per command, not
+    once per batch."""
+    text = f"warning: {_plain_one_line(str(message))}\n"
+    if text in _WARNED:
+        return ""
+    _WARNED.add(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and of `python -m dpms`."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.formatwarning = _one_line_warning
     # torchrun passes everything after `-m dpms --` through; drop a leading "--" separator.
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -149,6 +165,7 @@ def sample_command(
     no_png: bool = typer.Option(False, "--no-png", help="write only the .npz"),
     no_verify: bool = typer.Option(False, "--no-verify", help="skip the published-hash check (your own weights in a preset's format)"),
     option: list[str] = typer.Option([], help="solver option key=value, repeatable (e.g. order_plan=fixed)"),
+    protocol: Optional[str] = typer.Option(None, help="run a codebase's own loop instead of dpms's grid: ddim-code (ermongroup/ddim) or pndm-code (luping-liu/PNDM); discrete models, skip discrete_uniform/discrete_quadratic"),
 ) -> None:
     """Sample a model with one solver; writes samples.npz (and PNGs + grid.png for images)."""
     from .generate import generate, load_target
@@ -156,6 +173,8 @@ def sample_command(
 
     get_solver(solver)  # unknown solver: fail before loading anything
     options = _parse_options(option)
+    if protocol is not None:
+        options["protocol"] = protocol
     class_labels = _parse_labels(labels)
     batch_size = _parse_batch(batch)
     target = load_target(model, checkpoint, device, dtype, classifier, guidance_scale, verify_hash=not no_verify,

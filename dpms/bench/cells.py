@@ -109,7 +109,8 @@ def nfe_for_steps(spec: SolverSpec, steps: int, skip: str, options: dict) -> int
     def count_grid(k: int, *_):
         return torch.zeros(k + 1, dtype=torch.float64)
 
-    plan_options, _ = spec.split_options(options)
+    # `protocol` is dpms.sample's own keyword (a codebase's loop), not a solver option; the plan is the solver's either way
+    plan_options, _ = spec.split_options({k: v for k, v in options.items() if k != "protocol"})
     for nfe in range(steps, 4 * steps + 13):
         try:
             timesteps, _ = spec.plan.grid(nfe, count_grid, skip, plan_options)
