@@ -49,6 +49,17 @@ def test_matches_the_codebase_loop(gmm, x_T, case):
     assert torch.allclose(x, ref, atol=1e-12, rtol=0), float((x - ref).abs().max())
 
 
+def test_float32_samples_run_the_same_loop(gmm, x_T):
+    """A float32 grid holds (n + 1)/N only to round-off: the loop still reads the same table entries (one
+    index off moves a sample by ~1e-2). FON divides a one-index difference by 1/N, as PNDM's code does, so
+    its float32 round-off is ~N times larger."""
+    for solver, protocol, atol in (("pndm", "pndm-code", 1e-5), ("fon", "pndm-code", 5e-4), ("ddim", "ddim-code", 1e-5)):
+        a, info = run(gmm, x_T, solver, 8, protocol=protocol)
+        b, info32 = run(gmm, x_T.float(), solver, 8, protocol=protocol)
+        assert b.dtype == torch.float32 and info32.nfe == info.nfe
+        assert torch.allclose(a.float(), b, atol=atol, rtol=0), (solver, float((a.float() - b).abs().max()))
+
+
 def test_the_protocol_changes_the_result(gmm, x_T):
     """dpms's own grid (start at T, stop at index 0) is not the codebases' loop: the outputs differ."""
     own = dpms.sample(gmm, gmm.schedule, x_T, solver="pndm", nfe=19, skip="discrete_uniform")

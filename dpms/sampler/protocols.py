@@ -83,16 +83,15 @@ class CodebaseAlphas:
     one table step δ = 1/N, PNDM's `transfer(x, t, t − 1)`.
     """
 
-    alpha_bar: Tensor  # (N + 1,) float64: 1, ᾱ_0, …, ᾱ_{N−1}
+    alpha_bar: Tensor  # (N + 1,) float64, on the samples' device: 1, ᾱ_0, …, ᾱ_{N−1}
     offset: int
     N: int
     is_discrete: bool = True
 
-    def _alpha_bar(self, t) -> Tensor:
-        t = torch.as_tensor(t, dtype=torch.float64)
+    def _alpha_bar(self, t: Tensor) -> Tensor:
         half_n = torch.round(2 * (t.to(torch.float64) * self.N - 1))  # 2n, exact
         k = torch.trunc(half_n / 2).long() + self.offset
-        return self.alpha_bar.to(k.device)[k]
+        return self.alpha_bar[k]
 
     def alpha(self, t) -> Tensor:
         return self._alpha_bar(t).sqrt().to(dtype=t.dtype)
@@ -144,6 +143,6 @@ def plan(protocol: str, schedule, skip: str, steps: int, dtype, device) -> Codeb
     kw = dict(dtype=torch.float64)
     timesteps = torch.tensor([(n + 1) / n_total for n in network_n], **kw)
     state_times = torch.tensor([(n + offset) / n_total if n + offset > 0 else 0.0 for n in network_n], **kw)
-    alpha_bar = torch.cat([torch.ones(1, **kw), torch.exp(2 * schedule.log_alpha_array.to(torch.float64))])
+    alpha_bar = torch.cat([torch.ones(1, **kw), torch.exp(2 * schedule.log_alpha_array.to(torch.float64))]).to(device)
     view = CodebaseAlphas(alpha_bar=alpha_bar, offset=offset, N=n_total)
     return CodebasePlan(timesteps.to(dtype=dtype, device=device), state_times.to(dtype=dtype, device=device), view, seq)
