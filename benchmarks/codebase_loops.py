@@ -40,6 +40,9 @@ from dpms.schedule import NoiseSchedule
 
 N = 1000
 STEPS = {"uniform": [8, 10, 20], "quad": [10, 20, 50]}  # uniform 8: stride 125, odd → half-integer midpoints
+# PNDM only: all-warm-up runs, whose last Runge–Kutta step calls the network at input −1 and −½ (the midpoint
+# of 0 → −1, which `transfer` truncates to 0); range(0, 1000, 333) has 4 entries, so 3 steps use the quadratic list
+SHORT_STEPS = {"uniform": [2], "quad": [3]}
 PNDM_METHODS = {"DDIM": "ddim", "S-PNDM": "spndm", "F-PNDM": "pndm", "FON": "fon"}
 SKIP = {"uniform": "discrete_uniform", "quad": "discrete_quadratic"}
 
@@ -52,14 +55,18 @@ def index_list(kind: str, steps: int) -> list[int]:
 
 
 class CountingModel:
-    """The exact ε on (B, D, 1, 1) images, network input n → continuous time (n + 1)/N; counts its calls."""
+    """The exact ε on (B, D, 1, 1) images, network input n → continuous time (n + 1)/N; counts its calls.
+
+    Inputs below −½ are read at −½: the mixture's discrete schedule has no ᾱ at t = 0 (network input −1,
+    which PNDM's loops pass on their last step when it is a warm-up step); tests/test_protocols.py gives
+    dpms the same clamp."""
 
     def __init__(self, gmm: GaussianMixture):
         self.gmm, self.calls = gmm, 0
 
     def __call__(self, x, n):
         self.calls += 1
-        t = (n.to(torch.float64) + 1) / N
+        t = (n.to(torch.float64).clamp(min=-0.5) + 1) / N
         return self.gmm(x.reshape(x.shape[0], -1), t).reshape(x.shape)
 
 
@@ -105,8 +112,8 @@ def run_pndm(checkout: Path, gmm, x_T, betas) -> list[dict]:
         schedule = Schedule(types.SimpleNamespace(device="cpu", method=method), config)
         schedule.betas = betas
         schedule.alphas_cump = (1.0 - betas).cumprod(dim=0)
-        for kind, counts in STEPS.items():
-            for steps in counts:
+        for kind in STEPS:
+            for steps in STEPS[kind] + (SHORT_STEPS[kind] if method in ("S-PNDM", "F-PNDM", "FON") else []):
                 model = CountingModel(gmm)
                 seq = index_list(kind, steps)
                 seq_next = [-1] + seq[:-1]

@@ -17,11 +17,16 @@ import dpms
 from dpms import DpmsError, NoiseSchedule
 from dpms.models import GaussianMixture
 from dpms.sampler import ode_reference, validate
+from dpms.sampler import protocols
 from dpms.sampler.protocols import RepeatedIndexWarning
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "codebase_loops.json").read_text())
-EXTRA_CALLS = {"ddim": 0, "spndm": 1, "pndm": 9, "fon": 9}  # NFE = steps + this (the cases have > 3 steps)
 N = 1000
+
+
+def nfe_of(solver: str, steps: int) -> int:
+    """The codebases' counts: DDIM steps, S-PNDM steps + 1, F-PNDM and FON steps + 9 (4·steps up to 3 steps)."""
+    return {"ddim": steps, "spndm": steps + 1}.get(solver, 4 * steps if steps <= 3 else steps + 9)
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +39,16 @@ def x_T():
     return torch.tensor(REFERENCE["x_T"], dtype=torch.float64)
 
 
+def clamped(gmm):
+    """ε with network inputs below −½ read at −½, as the reference's model (the discrete schedule has no
+    ᾱ at t = 0, network input −1, where PNDM's all-warm-up runs call the network on their last step)."""
+    return lambda x, t: gmm(x, t.clamp(min=0.5 / N))
+
+
 def run(gmm, x_T, solver, steps, skip="discrete_uniform", protocol="pndm-code", noise_fn=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RepeatedIndexWarning)
-        return dpms.sample(noise_fn or gmm, gmm.schedule, x_T, solver=solver, nfe=steps + EXTRA_CALLS[solver], skip=skip,
+        return dpms.sample(noise_fn or clamped(gmm), gmm.schedule, x_T, solver=solver, nfe=nfe_of(solver, steps), skip=skip,
                            protocol=protocol, return_info=True)
 
 
@@ -60,9 +71,23 @@ def test_float32_samples_run_the_same_loop(gmm, x_T):
         assert torch.allclose(a.float(), b, atol=atol, rtol=0), (solver, float((a.float() - b).abs().max()))
 
 
+def test_table_reads_of_each_codebase():
+    """Network input n → padded-table entry: PNDM's `alphas_cump[n.long() + 1]` truncates towards zero
+    (−½ reads ᾱ_1, 812.5 reads ᾱ_813; −1 reads ᾱ_0); DDIM's `compute_alpha` pads a leading ᾱ = 1 for −1."""
+    schedule = NoiseSchedule.discrete_linear(N)
+    alpha_bar = torch.exp(2 * schedule.log_alpha_array)
+    n = torch.tensor([-1, -0.5, 0, 0.5, 812.5, 998], dtype=torch.float64)
+    t = ((n + 1) / N).float()  # a float32 grid holds these only to round-off
+    pndm = protocols.plan("pndm-code", schedule, "discrete_uniform", 10, torch.float64, "cpu").schedule
+    assert torch.allclose(pndm.alpha(t).double() ** 2, alpha_bar[[0, 1, 1, 1, 813, 999]], rtol=1e-6, atol=0)
+    ddim = protocols.plan("ddim-code", schedule, "discrete_uniform", 10, torch.float64, "cpu").schedule
+    assert ddim.alpha(t[:1]).item() == 1.0 and ddim.sigma(t[:1]).item() == 0.0
+    assert torch.allclose(ddim.alpha(t[[2, 5]]).double() ** 2, alpha_bar[[0, 998]], rtol=1e-6, atol=0)
+
+
 def test_the_protocol_changes_the_result(gmm, x_T):
     """dpms's own grid (start at T, stop at index 0) is not the codebases' loop: the outputs differ."""
-    own = dpms.sample(gmm, gmm.schedule, x_T, solver="pndm", nfe=19, skip="discrete_uniform")
+    own = dpms.sample(gmm, gmm.schedule, x_T, solver="pndm", nfe=19, skip="discrete_uniform")  # 10 steps
     code, _ = run(gmm, x_T, "pndm", 10)
     assert (own - code).abs().max() > 1e-2
 
