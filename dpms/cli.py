@@ -108,6 +108,10 @@ def solvers_command() -> None:
         options = ", ".join(f"{k}={v}" for k, v in spec.options.items())
         table.add_row(name, spec.order_text, spec.rule, options, spec.paper, skip)
     console.print(table)
+    from .sampler.protocols import CODEBASE_SOLVERS
+
+    loops = "; ".join(f"{protocol}: {', '.join(names)}" for protocol, names in CODEBASE_SOLVERS.items())
+    console.print(f"--protocol runs a codebase's own loop (discrete models, skip discrete_uniform/discrete_quadratic) — {loops}", highlight=False)
 
 
 def _parse_batch(batch: str) -> int | str:

@@ -123,6 +123,7 @@ def test_solvers_table_lists_every_solver(capsys):
     assert code == 0
     for name in dpms.solvers():
         assert name in out
+    assert "pndm-code: ddim, spndm, pndm, fon" in " ".join(out.split())  # the codebase loops, and their solvers
 
 
 def test_console_script_and_module_entry_with_torchrun_separator(tmp_path):
