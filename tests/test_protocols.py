@@ -149,6 +149,15 @@ def test_a_continuous_schedule_is_refused(x_T):
         dpms.sample(gmm, gmm.schedule, x_T, solver="ddim", nfe=10, protocol="ddim-code")
 
 
+def test_a_clipped_table_is_refused(x_T):
+    """DPM-Solver's clipping drops the cosine table's last steps; the codebases index the whole table."""
+    schedule = NoiseSchedule.discrete_cosine(N)
+    assert schedule.clipped_steps > 0 and NoiseSchedule.discrete_linear(N).clipped_steps == 0
+    gmm = GaussianMixture.default(schedule=schedule)
+    with pytest.raises(DpmsError, match=f"whole table of {N} steps, but .* dropped its last {schedule.clipped_steps}"):
+        dpms.sample(gmm, schedule, x_T, solver="ddim", nfe=10, protocol="ddim-code")
+
+
 def test_pndm_offset_puts_a_floor_under_the_error(gmm):
     """PNDM's transfer reads ᾱ one index after the network's time, so its loop converges to another ODE:
     its error to the exact solution (from T = 1 to t = 1/N, where its last state sits) stops falling, while

@@ -118,6 +118,9 @@ def check_request(protocol: str, solver: str, schedule, t_start, t_end, timestep
         raise DpmsError(f"protocol {protocol!r} runs the solvers that codebase has ({', '.join(CODEBASE_SOLVERS[protocol])}), not {solver!r}; drop the protocol to run it on dpms's grid")
     if not schedule.is_discrete:
         raise DpmsError(f"protocol {protocol!r} runs a discrete codebase loop, but the schedule {schedule!r} is continuous; use a discrete model or drop the protocol")
+    if schedule.clipped_steps:
+        raise DpmsError(f"protocol {protocol!r} runs the codebase's whole table of {schedule.N + schedule.clipped_steps} steps, but {schedule!r} dropped its last "
+                        f"{schedule.clipped_steps} (λ < −5.1, DPM-Solver's clipping); drop the protocol for this model")
     if timesteps is not None or t_start is not None or (t_end is not None and not math.isclose(float(t_end), schedule.t_end)):
         raise DpmsError(f"protocol {protocol!r} fixes the codebase's own start and end; drop timesteps/t_start/t_end (t_end may only be the schedule's default {schedule.t_end:g})")
 
