@@ -7,6 +7,7 @@ line and exit with code 2.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -54,9 +55,24 @@ def _print_error(error: DpmsError) -> None:
     err_console.print("[bold red]error:[/] " + escape(_plain_one_line(str(error))), highlight=False, soft_wrap=True)
 
 
+_WARNED: set[str] = set()
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A library warning (a codebase list's repeated index, a singular covariance) as one line, not
+    Python's two (its source line is the library's, of no use to a user), and once per command, not
+    once per batch."""
+    text = f"warning: {_plain_one_line(str(message))}\n"
+    if text in _WARNED:
+        return ""
+    _WARNED.add(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and of `python -m dpms`."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.formatwarning = _one_line_warning
     # torchrun passes everything after `-m dpms --` through; drop a leading "--" separator.
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -123,6 +139,10 @@ def solvers_command() -> None:
         options = ", ".join(f"{k}={v}" for k, v in spec.options.items())
         table.add_row(name, spec.order_text, spec.rule, options, spec.paper, skip)
     console.print(table)
+    from .sampler.protocols import CODEBASE_SOLVERS
+
+    loops = "; ".join(f"{protocol}: {', '.join(names)}" for protocol, names in CODEBASE_SOLVERS.items())
+    console.print(f"--protocol runs a codebase's own loop (discrete models, skip discrete_uniform/discrete_quadratic) — {loops}", highlight=False)
 
 
 def _parse_batch(batch: str) -> int | str:
@@ -182,6 +202,7 @@ def sample_command(
     option: list[str] = typer.Option([], help="solver option key=value, repeatable (e.g. order_plan=fixed; for any solver afs=true, denoise_to_zero=true, rho=7)"),
     force: bool = typer.Option(False, "--force", metavar="", help="replace the samples of an earlier run in --out (its PNGs are removed first)"),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
+    protocol: Optional[str] = typer.Option(None, help="run a codebase's own loop instead of dpms's grid: ddim-code (ermongroup/ddim) or pndm-code (luping-liu/PNDM); discrete models, skip discrete_uniform/discrete_quadratic"),
 ) -> None:
     """Sample a model with one solver; writes samples.npz (and PNGs + grid.png for images)."""
     from .generate import generate, load_target
@@ -191,6 +212,8 @@ def sample_command(
     check_device(device)
     get_solver(solver)  # unknown solver: fail before loading anything
     options = _parse_options(option)
+    if protocol is not None:
+        options["protocol"] = protocol
     class_labels = _parse_labels(labels)
     batch_size = _parse_batch(batch)
     target = load_target(model, checkpoint, device, dtype, classifier, guidance_scale, verify_hash=not no_verify,

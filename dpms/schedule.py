@@ -74,6 +74,7 @@ class NoiseSchedule:
     cosine_s: float = 0.008
     t_array: Tensor | None = None  # discrete: (N,) increasing, float64
     log_alpha_array: Tensor | None = None  # discrete: (N,), float64
+    clipped_steps: int = 0  # discrete: trailing table steps removed (λ < −5.1); a codebase's own loop needs none removed
     name: str = ""
     grid: tuple | None = None  # set by `on_grid`: time grids and log α, α, σ, λ, d log α/dt at their points
     # discrete tables converted to a (device, dtype) once: a copy per α/σ/λ call would be a host-to-device
@@ -154,7 +155,7 @@ class NoiseSchedule:
             log_alphas = log_alphas[:-idx]
         n = log_alphas.numel()
         t_array = torch.linspace(0.0, 1.0, n + 1, dtype=torch.float64)[1:]
-        return cls(kind="discrete", T=1.0, t_end=1.0 / n, N=n, t_array=t_array, log_alpha_array=log_alphas, name=name)
+        return cls(kind="discrete", T=1.0, t_end=1.0 / n, N=n, t_array=t_array, log_alpha_array=log_alphas, clipped_steps=idx, name=name)
 
     @classmethod
     def discrete_linear(cls, N: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":

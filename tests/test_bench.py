@@ -28,6 +28,7 @@ from dpms.bench.check import print_check
 from dpms.bench.cells import plan_cells
 from dpms.bench.report import fmt
 from dpms.bench.runner import _model_info
+from dpms.sampler import get_solver
 from dpms.cli import main
 from dpms.digits import DIGITS_DIR, STATS_FILE, digits_features
 from dpms.evaluation import compute_stats, frechet_distance, load_stats
@@ -364,8 +365,11 @@ def test_every_paper_config_states_its_protocol_its_assumptions_and_grid_deviati
         shown = " ".join([config.description, config.notes, *(s.note or "" for s in config.solvers)])  # what reports print
         assert "assumption" in shown.lower(), path.name  # each makes a protocol choice the reference does not state
         assert "50k samples" not in config.description, path.name  # `num` says it, and --num changes it
-        if {config.skip, *(s.skip for s in config.solvers)} & {"discrete_uniform", "discrete_quadratic"}:
+        discrete = [s for s in config.solvers if (s.skip or config.skip) in ("discrete_uniform", "discrete_quadratic") and not get_solver(s.name).adaptive]
+        if any("protocol" not in s.options for s in discrete):  # dpms's own discrete grid: say how it differs from the codebases'
             assert "DEVIATION" in header and "index 999" in config.description and "ᾱ = 1" in config.description, path.name
+        for s in discrete:  # a codebase's own loop: the header names it
+            assert "protocol" not in s.options or f"protocol {s.options['protocol']}" in header, (path.name, s.label)
 
 
 def test_ddims_own_number_sits_on_ddims_quadratic_index_grid():
@@ -396,8 +400,9 @@ def test_continuous_cifar10_t_end_rule_and_published_numbers():
     pndm = load_config(REPO / "configs" / "pndm_cifar10.yaml")
     cells, _ = plan_cells(pndm, _model_info(pndm)[0])
     nfe = {(c.label, c.column): c.nfe for c in cells}
-    assert nfe[("DDIM", 50)] == 50 and nfe[("S-PNDM", 50)] == 51 and nfe[("F-PNDM", 50)] == 59 and nfe[("FON", 50)] == 200
-    assert {column for label, column in nfe if label == "DDIM (quadratic)"} == {10, 20}
+    assert nfe[("DDIM", 50)] == 50 and nfe[("S-PNDM", 50)] == 51 and nfe[("F-PNDM", 50)] == 59 and nfe[("FON", 50)] == 59
+    assert {column for label, column in nfe if label == "DDIM (quadratic)"} == {10, 20, 50, 100}
+    assert all(c.entry.options["protocol"] == ("ddim-code" if c.label == "DDIM (quadratic)" else "pndm-code") for c in cells if c.spec.name != "rk45")
 
 
 def test_model_override_switches_to_the_exact_metric(tmp_path, capsys):

@@ -40,6 +40,7 @@ def test_sample_passes_solver_options_and_reports_adaptive_nfe(tmp_path, capsys)
         (["sample", "--skip", "quadratic"], "unknown skip type 'quadratic'"),
         (["sample", "--solver", "dpm3", "--option", "rtol=1"], "has no option 'rtol'"),
         (["sample", "--dtype", "fp8"], "unknown --dtype 'fp8'"),
+        (["sample", "--solver", "ddim", "--protocol", "ddim-code"], "protocol 'ddim-code' runs a discrete codebase loop"),
     ],
 )
 def test_errors_are_one_line_with_exit_code_2(args, message, capsys, tmp_path):
@@ -47,6 +48,16 @@ def test_errors_are_one_line_with_exit_code_2(args, message, capsys, tmp_path):
     assert code == 2
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_sample_runs_a_codebase_protocol_and_says_a_repeated_index_once(tmp_path):
+    """--protocol reaches dpms.sample; DDIM's quadratic list for 50 steps repeats index 0: one warning line
+    for the whole command (two batches), and the reported end is ᾱ = 1 (t 0)."""
+    args = ["sample", "--model", "digits", "--solver", "ddim", "--nfe", "50", "--skip", "discrete_quadratic", "--protocol", "ddim-code",
+            "--num", "4", "--batch", "2", "--no-png", "--out", str(tmp_path)]
+    done = subprocess.run([sys.executable, "-m", "dpms", *args], capture_output=True, text=True)  # pytest would catch the warning
+    assert done.returncode == 0 and "NFE used 50, t_end 0," in " ".join(done.stdout.split())
+    assert done.stderr.count("repeats indices (0, 0, 1, 2, …)") == 1 and "Traceback" not in done.stderr
 
 
 def test_error_text_in_brackets_survives(tmp_path, capsys):
@@ -112,6 +123,7 @@ def test_solvers_table_lists_every_solver(capsys):
     assert code == 0
     for name in dpms.solvers():
         assert name in out
+    assert "pndm-code: ddim, spndm, pndm, fon" in " ".join(out.split())  # the codebase loops, and their solvers
 
 
 def test_console_script_and_module_entry_with_torchrun_separator(tmp_path):

@@ -232,7 +232,7 @@ def test_float32_and_float64(gmm, solver):
 @pytest.mark.parametrize("solver", [s for s in DETERMINISTIC if s != "rk45"] + STOCHASTIC)
 def test_batch_size_does_not_change_a_sample(gmm, solver):
     x_T = gmm.prior(8, torch.Generator().manual_seed(6))
-    nfe = {"rk3": 12, "rk3-t": 12, "fon": 12, "pndm": 13}.get(solver, 10)
+    nfe = {"rk3": 12, "rk3-t": 12, "rk4-t": 12, "fon": 13, "pndm": 13}.get(solver, 10)
     whole = dpms.sample(gmm, gmm.schedule, x_T, solver=solver, nfe=nfe, seed=11)
     if dpms.solvers()[solver].adaptive:  # one step size for the whole batch, as the official code
         pytest.skip("adaptive DPM-Solver shares its step size across the batch (official behaviour)")

@@ -114,7 +114,7 @@ def nfe_for_steps(spec: SolverSpec, steps: int, skip: str, options: dict) -> int
         return torch.zeros(k + 1, dtype=torch.float64)
 
     extra = sampler.extra_calls(options.get("afs", False), options.get("denoise_to_zero", False))  # calls beyond the solver's own
-    plan_options, _ = spec.split_options({k: v for k, v in options.items() if k not in sampler.SAMPLE_OPTIONS})
+    plan_options, _ = spec.split_options({k: v for k, v in options.items() if k not in (*sampler.SAMPLE_OPTIONS, "protocol")})
     for nfe in range(max(1, steps + extra), 4 * steps + 13):
         try:
             timesteps, _ = spec.plan.grid(nfe - extra, count_grid, skip, plan_options)

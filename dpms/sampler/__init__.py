@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..errors import DpmsError, NonFiniteError
 from ..schedule import NoiseSchedule
+from . import protocols
 from .grids import DEFAULT_RHO, SKIP_TYPES, make_grid
 from .registry import SolverSpec, default_grid, get_solver, solvers, sort_registry  # noqa: F401
 from .runge_kutta import ode_reference
@@ -54,10 +55,12 @@ def _discover_solvers() -> None:
 
 _discover_solvers()
 
-__all__ = ["sample", "validate", "solvers", "default_grid", "SampleInfo", "SKIP_TYPES", "make_grid", "ode_reference", "per_sample_randn", "SolverSpec",
+__all__ = ["sample", "validate", "solvers", "default_grid", "SampleInfo", "SKIP_TYPES", "make_grid", "ode_reference", "per_sample_randn", "SolverSpec", "PROTOCOLS",
            "SAMPLE_OPTIONS", "extra_calls"]
 
 SAMPLE_OPTIONS = ("rho", "afs", "denoise_to_zero")  # options of `sample` itself, valid with every solver
+
+PROTOCOLS = protocols.PROTOCOLS
 
 
 @dataclass
@@ -65,7 +68,8 @@ class SampleInfo:
     solver: str
     nfe: int  # network calls actually made
     skip: str
-    timesteps: Tensor  # the (outer) grid the solver stepped over
+    timesteps: Tensor  # the (outer) grid the solver stepped over (with a protocol: the states' times, 0 for ᾱ = 1)
+    protocol: str | None = None  # a codebase's loop (dpms.sampler.protocols), or None: dpms's own grid
 
 
 class CountingNoiseFn:
@@ -174,22 +178,26 @@ def _check_option_types(spec: SolverSpec, options: dict) -> None:
             raise DpmsError(f"solver {spec.name!r} option {key} takes {kind} (default {default!r}), got {value!r}")
 
 
-def _prepare(spec: SolverSpec, schedule, dtype, device, nfe, skip, t_start, t_end, timesteps, options, rho=DEFAULT_RHO, afs=False, denoise_to_zero=False):
+def _prepare(spec: SolverSpec, schedule, dtype, device, nfe, skip, t_start, t_end, timesteps, options, rho=DEFAULT_RHO, afs=False, denoise_to_zero=False, protocol=None):
     """Validate a request and build the time grid: every check happens here, before any network call.
 
-    Returns (timesteps, skip, the solver function's keyword arguments): its options, plus `steps`
-    where the solver's plan makes a per-step plan."""
+    Returns (timesteps, skip, the solver function's keyword arguments, the codebase plan): its options,
+    plus `steps` where the solver's plan makes a per-step plan; the last is None without a protocol."""
     plan_options, options = spec.split_options(options)
     _check_sample_options(rho, afs, denoise_to_zero)
     _check_option_types(spec, {**plan_options, **options})
     if not dtype.is_floating_point:
         raise DpmsError(f"x_T must be a floating-point tensor, got {dtype}")
+    if protocol is not None:
+        if afs or denoise_to_zero:
+            raise DpmsError(f"protocol {protocol!r} runs a codebase's loop as it is; drop afs/denoise_to_zero")
+        return _prepare_protocol(spec, schedule, dtype, device, nfe, skip, t_start, t_end, timesteps, plan_options, options, protocol)
     if timesteps is not None:
         ts = torch.as_tensor(timesteps, dtype=torch.float64).to(dtype=dtype, device=device)
         if ts.dim() != 1 or len(ts) < 2 or not bool((ts[1:] < ts[:-1]).all()):
             raise DpmsError("timesteps must be a 1-D strictly decreasing sequence of at least 2 times")
         schedule.check_times(float(ts[0]), float(ts[-1]), what="timesteps[-1]")
-        return ts, "explicit", _with_steps(spec, options, spec.plan.explicit(ts, plan_options))
+        return ts, "explicit", _with_steps(spec, options, spec.plan.explicit(ts, plan_options)), None
     t_start = schedule.T if t_start is None else float(t_start)
     t_end = schedule.t_end if t_end is None else float(t_end)
     schedule.check_times(t_start, t_end)
@@ -197,7 +205,7 @@ def _prepare(spec: SolverSpec, schedule, dtype, device, nfe, skip, t_start, t_en
     if skip not in SKIP_TYPES:
         raise DpmsError(f"unknown skip type {skip!r}; use one of {', '.join(SKIP_TYPES)}")
     if spec.adaptive:
-        return torch.tensor([t_start, t_end], dtype=dtype, device=device), skip, options
+        return torch.tensor([t_start, t_end], dtype=dtype, device=device), skip, options, None
     if nfe is None or int(nfe) < 1:
         raise DpmsError(f"solver {spec.name!r} needs a positive NFE (--nfe), got {nfe}")
 
@@ -211,7 +219,26 @@ def _prepare(spec: SolverSpec, schedule, dtype, device, nfe, skip, t_start, t_en
         if not extra:
             raise DpmsError(f"solver {spec.name!r}: {e}") from None
         raise DpmsError(f"solver {spec.name!r}: {_impossible_with_extra(spec, int(nfe), extra, grid, skip, plan_options)}") from None
-    return ts, skip, _with_steps(spec, options, steps)
+    return ts, skip, _with_steps(spec, options, steps), None
+
+
+def _prepare_protocol(spec, schedule, dtype, device, nfe, skip, t_start, t_end, timesteps, plan_options, options, protocol):
+    """A codebase's loop: the solver's own NFE plan over that codebase's index list (dpms.sampler.protocols)."""
+    protocols.check_request(protocol, spec.name, schedule, t_start, t_end, timesteps)
+    skip = skip or "discrete_uniform"
+    if nfe is None or int(nfe) < 1:
+        raise DpmsError(f"solver {spec.name!r} needs a positive NFE (--nfe), got {nfe}")
+    plans = []
+
+    def grid(steps: int, *_) -> Tensor:
+        plans.append(protocols.plan(protocol, schedule, skip, steps, dtype, device))
+        return plans[-1].timesteps
+
+    try:
+        ts, steps = spec.plan.grid(int(nfe), grid, skip, plan_options)
+    except DpmsError as e:
+        raise DpmsError(f"solver {spec.name!r} with protocol {protocol!r}: {e}") from None
+    return ts, skip, _with_steps(spec, options, steps), plans[-1]
 
 
 def _impossible_with_extra(spec: SolverSpec, nfe: int, extra: int, grid, skip: str, plan_options: dict) -> str:
@@ -237,10 +264,10 @@ def _with_steps(spec: SolverSpec, options: dict, steps) -> dict:
 
 def validate(
     solver: str, schedule: NoiseSchedule, nfe: int | None = 10, skip=None, t_start=None, t_end=None, timesteps=None,
-    rho: float = DEFAULT_RHO, afs: bool = False, denoise_to_zero: bool = False, **options,
+    rho: float = DEFAULT_RHO, afs: bool = False, denoise_to_zero: bool = False, protocol=None, **options,
 ) -> None:
     """Raise the one-line DpmsError that `sample` would raise for these settings, without sampling."""
-    _prepare(get_solver(solver), schedule, torch.float64, "cpu", nfe, skip, t_start, t_end, timesteps, dict(options), rho, afs, denoise_to_zero)
+    _prepare(get_solver(solver), schedule, torch.float64, "cpu", nfe, skip, t_start, t_end, timesteps, dict(options), rho, afs, denoise_to_zero, protocol)
 
 
 def sample(
@@ -260,6 +287,7 @@ def sample(
     rho: float = DEFAULT_RHO,
     afs: bool = False,
     denoise_to_zero: bool = False,
+    protocol: str | None = None,
     **options,
 ):
     """Integrate from x_T at t_start (default schedule.T) to t_end (default schedule.t_end).
@@ -270,7 +298,8 @@ def sample(
     timesteps: an explicit decreasing grid instead (its first and last entries are t_start and t_end);
     seed/seeds: noise of stochastic solvers (seeds: one per sample; default seed + sample index);
     afs: analytical first step (one call fewer); denoise_to_zero: return the data prediction at t_end
-    (one call more; see the module docstring); options: solver options (e.g. order_plan="fixed",
+    (one call more; see the module docstring); protocol: "ddim-code" or "pndm-code"
+    runs that codebase's own loop instead of dpms's grid (dpms.sampler.protocols); options: solver options (e.g. order_plan="fixed",
     rtol=..., lower_order_final=False).
     Returns the samples (x at t_end, or x̂₀ with denoise_to_zero), or (samples, SampleInfo) with
     return_info=True.
@@ -279,13 +308,13 @@ def sample(
     if getattr(noise_fn, "thresholding", None) and not spec.data_prediction:
         pp = ", ".join(n for n, s in solvers().items() if s.data_prediction)
         raise DpmsError(f"thresholding clips the data prediction, which solver {solver!r} does not use; use one of {pp}, or no thresholding")
-    ts, skip, options = _prepare(spec, schedule, x_T.dtype, x_T.device, nfe, skip, t_start, t_end, timesteps, dict(options), rho, afs, denoise_to_zero)
+    ts, skip, options, codebase = _prepare(spec, schedule, x_T.dtype, x_T.device, nfe, skip, t_start, t_end, timesteps, dict(options), rho, afs, denoise_to_zero, protocol)
     if spec.stochastic:
         options["randn"] = per_sample_randn(seeds if seeds is not None else [seed + i for i in range(x_T.shape[0])])
     counted = CountingNoiseFn(noise_fn, check_finite, eager=spec.adaptive)
     with torch.inference_mode():
         # α, σ, λ of every grid point computed once; the solver still sees only a NoiseSchedule.
-        on_grid = schedule.on_grid(ts)
+        on_grid = codebase.schedule if codebase else schedule.on_grid(ts)
         x = spec.fn(AnalyticFirstStep(counted) if afs else counted, on_grid, x_T, ts, **options)
         if denoise_to_zero:
             x = to_data(x, eval_at(counted, x, ts[-1]), on_grid, ts[-1])
@@ -297,5 +326,5 @@ def sample(
         planned += extra_calls(afs, denoise_to_zero)
     if planned is not None and counted.calls != planned:
         raise RuntimeError(f"internal error: solver {solver!r} made {counted.calls} network calls, its plan {planned}")
-    info = SampleInfo(solver=solver, nfe=counted.calls, skip=skip, timesteps=ts)
+    info = SampleInfo(solver=solver, nfe=counted.calls, skip=skip, timesteps=codebase.state_times if codebase else ts, protocol=protocol)
     return (x, info) if return_info else x

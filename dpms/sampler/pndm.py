@@ -12,11 +12,24 @@ from a classical method.
 * S-PNDM: a pseudo improved-Euler warm-up step (2 calls: e' = (ε(x, t) + ε(φ(x, ε, t → t'), t'))/2)
   then 2nd-order Adams–Bashforth e' = (3e₀ − e₋₁)/2. NFE = steps + 1.
 
-The midpoint t − δ/2 is taken in continuous time (PNDM's code uses the mean of the two indices).
+* FON (PNDM's `gen_fon`, its "fourth-order numerical" method): the same warm-up/AB4 structure on x
+  itself, with the slope D(x, e) = (φ(x, e, s → s − δ) − x)/δ of one table step δ = 1/N (PNDM's
+  `transfer(x, t, t − 1, ε) − x` per index) and x_{n+1} = x + h D̄, h = s − t. Every Runge–Kutta stage
+  reads its ε at the stage point but its linear part at the step's base point x: D₁ = D(x, ε(x, s)),
+  D₂ = D(x, ε(x + D₁h/2, s − h/2)), D₃ = D(x, ε(x + D₂h/2, s − h/2)), D₄ = D(x, ε(x + D₃h, t)),
+  D̄ = (D₁ + 2D₂ + 2D₃ + D₄)/6 for three steps, then D̄ = (55D₀ − 59D₋₁ + 37D₋₂ − 9D₋₃)/24 with
+  D₀ = D(x, ε(x, s)). NFE = steps + 9 (4·steps for 3 steps or fewer). The frozen linear part makes the
+  warm-up first order, so FON converges with order 2 (like F-PNDM); on a discrete table its slope is a
+  one-step difference, which moves its limit O(1/N) away from the ODE. A continuous schedule has no table:
+  there D is the δ → 0 limit, −f(s)(x − e/σ_s). Classical RK4 in t is `rk4-t`.
+
+The midpoint t − δ/2 is taken in continuous time (PNDM's code uses the mean of the two indices; with
+`protocol="pndm-code"` the loops run on PNDM's own indices, dpms.sampler.protocols).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..errors import DpmsError
@@ -89,4 +102,41 @@ def spndm(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
             eps = combine((1.5, e0), (-0.5, prev))  # (3e₀ − e₋₁)/2
             prev = e0  # before the step: e₋₁ is freed before the transfer's temporaries exist (peak memory)
             x = ddim_step(x, eps, schedule, s, t)
+    return x
+
+
+@register("fon", order=2, order_note="first-order RK warm-up (linear part frozen at the base point), then AB4; on a discrete table within O(1/N) of the ODE",
+          paper="PNDM (Liu et al. 2022), FON (gen_fon)", plan=PndmPlan(), default_skip=_discrete_or_uniform, default_grid=False)
+def fon(noise_fn, schedule, x: Tensor, timesteps: Tensor) -> Tensor:
+    """PNDM's FON: Runge–Kutta warm-up (3 steps × 4 calls) then AB4 on the slope of one table step (module doc)."""
+    mids = ((timesteps[:-1] + timesteps[1:]) / 2)[:3].contiguous()
+    if schedule.is_discrete:
+        delta = 1.0 / schedule.N  # one table step: PNDM's transfer(x, t, t − 1, ε)
+        lows = (timesteps[:-1] - delta).contiguous()
+        schedule = schedule.on_grid(mids, lows)
+        if not bool(torch.isfinite(schedule.sigma(lows)).all()):
+            raise DpmsError(f"fon: a step starts less than one table step (1/N = {delta:g}) above where the schedule is defined; raise t_end or take fewer steps")
+    else:
+        schedule = schedule.on_grid(mids)
+    history: list[Tensor] = []
+    for i, (s, t) in enumerate(zip(timesteps[:-1], timesteps[1:])):
+        h = s - t
+
+        def slope(eps: Tensor, i=i, s=s, x=x) -> Tensor:
+            """−dx/dt with the linear part at the base point x: (φ(x, ε, s → s − δ) − x)/δ, or its δ → 0 limit."""
+            if schedule.is_discrete:
+                return (ddim_step(x, eps, schedule, s, lows[i]) - x) / delta
+            return schedule.d_log_alpha_dt(s) * (eps / schedule.sigma(s) - x)  # −f(s)(x − ε/σ_s)
+
+        d1 = slope(eval_at(noise_fn, x, s))
+        history.append(d1)
+        if i < 3:
+            d2 = slope(eval_at(noise_fn, x + d1 * (h / 2), mids[i]))
+            d3 = slope(eval_at(noise_fn, x + d2 * (h / 2), mids[i]))
+            d4 = slope(eval_at(noise_fn, x + d3 * h, t))
+            d = combine((1 / 6, d1), (1 / 3, d2), (1 / 3, d3), (1 / 6, d4))  # (D₁ + 2D₂ + 2D₃ + D₄)/6
+        else:
+            del history[:-4]
+            d = combine(*zip((55 / 24, -59 / 24, 37 / 24, -9 / 24), history[::-1]))  # (55D₀ − 59D₋₁ + 37D₋₂ − 9D₋₃)/24
+        x = x + d * h
     return x

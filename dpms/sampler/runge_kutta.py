@@ -10,7 +10,8 @@ In t (Eq. 2.4, "RK (t)"), using g² = −2σ² dλ/dt and dλ/dt = f/σ² with f
 
 These solvers treat the linear term numerically, which is exactly what DPM-Solver avoids; they
 are here to reproduce the paper's comparison. Tableaus: explicit midpoint (RK2), Heun's third-order
-method (RK3, c = 0, ⅓, ⅔; x + h/4 k₁ + 3h/4 k₃) and classical RK4 (PNDM's "FON").
+method (RK3, c = 0, ⅓, ⅔; x + h/4 k₁ + 3h/4 k₃) and classical RK4 (`rk4-t`; PNDM's FON is not this
+method but its own pseudo-numerical loop, `fon` in dpms.sampler.pndm).
 """
 
 from __future__ import annotations
@@ -86,17 +87,11 @@ def _rk_t(tableau):
     return solve
 
 
-def _discrete_or_uniform(schedule) -> str:
-    return "discrete_uniform" if schedule.is_discrete else "time_uniform"
-
-
 rk2 = register("rk2", order=2, paper=PAPER_DPM, plan=Steps(2))(_rk_lambda(MIDPOINT))
 rk3 = register("rk3", order=3, paper=PAPER_DPM, plan=Steps(3))(_rk_lambda(HEUN3))
 rk2_t = register("rk2-t", order=2, paper=PAPER_DPM, plan=Steps(2), default_skip="time_uniform", default_grid=False)(_rk_t(MIDPOINT))
 rk3_t = register("rk3-t", order=3, paper=PAPER_DPM, plan=Steps(3), default_skip="time_uniform", default_grid=False)(_rk_t(HEUN3))
-fon = register(
-    "fon", order=4, paper="PNDM (Liu et al. 2022), FON ablation", plan=Steps(4), default_skip=_discrete_or_uniform, default_grid=False
-)(_rk_t(RK4))
+rk4_t = register("rk4-t", order=4, paper="classical RK4 in t (Runge–Kutta baseline)", plan=Steps(4), default_skip="time_uniform", default_grid=False)(_rk_t(RK4))
 
 
 # ----------------------------------------------------------------------------------- scipy
