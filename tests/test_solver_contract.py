@@ -13,7 +13,7 @@ import dpms
 import dpms.sampler
 from dpms import NoiseSchedule
 from dpms.models import GaussianMixture
-from dpms.sampler import make_grid, ode_reference
+from dpms.sampler import make_grid
 from dpms.sampler.registry import _REGISTRY
 
 SOLVERS = dpms.solvers()
@@ -22,19 +22,7 @@ DETERMINISTIC_FIXED = [name for name in FIXED_STEP if not SOLVERS[name].stochast
 WITH_ORDER = [name for name, spec in SOLVERS.items() if spec.order is not None]
 
 
-@pytest.fixture(scope="module")
-def gmm():
-    return GaussianMixture.default()
-
-
-@pytest.fixture(scope="module")
-def problem(gmm):
-    x_T = gmm.prior(16, torch.Generator().manual_seed(0))
-    return x_T, ode_reference(gmm, gmm.schedule, x_T)
-
-
-def mean_error(x, ref):
-    return (x - ref).pow(2).sum(1).sqrt().mean().item()
+from conftest import mean_error  # the gmm and problem fixtures are conftest's too
 
 
 def logsnr_grid(schedule, steps):

@@ -15,19 +15,7 @@ DETERMINISTIC = [n for n, s in dpms.solvers().items() if not s.stochastic]
 STOCHASTIC = [n for n, s in dpms.solvers().items() if s.stochastic]
 
 
-@pytest.fixture(scope="module")
-def gmm():
-    return GaussianMixture.default()
-
-
-@pytest.fixture(scope="module")
-def problem(gmm):
-    x_T = gmm.prior(16, torch.Generator().manual_seed(0))
-    return x_T, ode_reference(gmm, gmm.schedule, x_T)
-
-
-def mean_error(x, ref):
-    return (x - ref).pow(2).sum(1).sqrt().mean().item()
+from conftest import mean_error  # the gmm and problem fixtures are conftest's too
 
 
 # --------------------------------------------------------------------------- exact solution
