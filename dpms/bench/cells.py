@@ -36,9 +36,6 @@ PACKAGE = Path(__file__).resolve().parents[1]
 # covered as soon as that code imports it. Left out (and not followed): modules that only present or
 # store numbers already computed, or word errors; none of them can move a number.
 CELL_ENTRY_POINTS = ("dpms.bench.runner",)
-# Packages that import every module they hold at run time (pkgutil discovery: a solver is one new file in
-# dpms/sampler/), so no import statement names those modules: all of them are followed.
-DISCOVERING_PACKAGES = frozenset({"dpms.sampler"})
 PRESENTATION_ONLY = frozenset({"dpms.bench.report", "dpms.bench.check", "dpms.plot", "dpms.atomic", "dpms.errors",
                                "dpms.models.download", "dpms.cli"})
 FULL_HASH_LIMIT = 256 << 20  # files up to 256 MiB are hashed whole; larger ones by size, head and tail
@@ -227,7 +224,9 @@ def _imported_modules(name: str, path: Path) -> set[str]:
                 base = node.module or ""
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from . import sampler` imports a module
-    if path.name == "__init__.py" and "pkgutil" in found:  # a package that discovers its modules (dpms.sampler) imports them all
+    # A package that discovers its modules at run time (dpms.sampler: pkgutil, so a solver is one new file and no
+    # import statement names it) imports them all, as the discovery does (it skips names starting with "_").
+    if path.name == "__init__.py" and "pkgutil" in found:
         found.update(f"{name}.{p.stem}" for p in path.parent.glob("*.py") if not p.stem.startswith("_"))
     with_parents = set()
     for module in found:
@@ -249,8 +248,6 @@ def numerics_modules(root: Path = PACKAGE, entry_points=CELL_ENTRY_POINTS) -> di
             continue
         seen[name] = path
         todo.extend(_imported_modules(name, path))
-        if name in DISCOVERING_PACKAGES:
-            todo.extend(f"{name}.{file.stem}" for file in path.parent.glob("*.py") if file.stem != "__init__")
     return seen
 
 
