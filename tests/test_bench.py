@@ -384,6 +384,26 @@ def test_ddims_own_number_sits_on_ddims_quadratic_index_grid():
     assert load_config(REPO / "configs" / "dpm_solver_cifar10_adaptive.yaml").confidence == "secondary"
 
 
+def test_edm_cifar10_config_carries_every_published_row_of_issues_13_and_15():
+    """The published EDM CIFAR-10 (uncond, VP) rows are cells with their paper numbers, each on the grid its
+    source used; EDM's own sampler is the heun + karras + denoise_to_zero cell at NFE 35."""
+    config = load_config(REPO / "configs" / "edm_cifar10_uncond_vp.yaml")
+    cells, skipped = plan_cells(config, _model_info(config)[0])
+    assert skipped == []
+    paper = {(c.spec.name, c.skip, c.nfe): c.paper for c in cells if c.paper is not None}
+    expected = {("dpmpp3m", "logSNR"): {5: 24.54, 6: 11.85, 8: 4.36, 10: 2.91},
+                ("unipc3", "logSNR"): {5: 23.52, 6: 11.10, 8: 3.86, 10: 2.85, 12: 2.38, 15: 2.08, 20: 2.01, 25: 2.00},
+                ("heun", "karras"): {5: 320.80, 6: 103.86, 8: 39.66, 10: 16.57, 12: 7.59, 15: 4.76, 20: 2.51, 25: 2.12, 35: 1.97},
+                ("ipndm", "karras"): {5: 13.59, 6: 7.05, 8: 3.69, 10: 2.77},
+                ("ddim", "karras"): {5: 49.66, 6: 35.62, 8: 22.32, 10: 15.69},
+                ("deis3", "karras"): {5: 14.39, 6: 9.40, 8: 5.55, 10: 4.09}}
+    assert paper == {(name, skip, nfe): fid for (name, skip), row in expected.items() for nfe, fid in row.items()}
+    edm_sampler = next(c for c in cells if c.nfe == 35)
+    assert (edm_sampler.spec.name, edm_sampler.skip, edm_sampler.entry.options) == ("heun", "karras", {"denoise_to_zero": True})
+    assert all(bool(c.entry.options.get("denoise_to_zero")) == (c.nfe % 2 == 1) for c in cells if c.spec.name == "heun")
+    assert {c.t_end for c in cells} == {0.002}
+
+
 def test_default_digits_config_covers_every_solver_and_nfe():
     config = load_config(REPO / "configs" / "digits.yaml")
     assert [s.name for s in config.solvers] == dpms.sampler.default_grid()
