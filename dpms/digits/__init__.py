@@ -22,12 +22,13 @@ import importlib
 _HOMES = {
     "classifier": ("FEATURE_DIM", "DigitsClassifier", "augment", "classifier_accuracy", "feature_statistics", "gaussian",
                    "load_digits_classifier", "load_digits_stats"),
-    "data": ("CLASSIFIER_FILE", "DDPM_FILE", "DIGITS_DIR", "HELD_OUT_SIZE", "SAMPLES_FILE", "SPLIT_SEED", "STATS_FILE",
-             "digits_split", "load_digits_images", "load_digits_labels", "sha256_of"),
+    "data": ("CLASSIFIER_FILE", "DDPM_FILE", "DIGITS_DIR", "GREY_LEVEL_SPACING", "HELD_OUT_SIZE", "SAMPLES_FILE", "SPLIT_SEED", "STATS_FILE",
+             "dequantise", "digits_split", "load_digits_images", "load_digits_labels", "sha256_of"),
     "features": ("FEATURE_KIND", "FEATURES_NAME", "digits_features"),
     "model": ("DIGITS_DDPM_CONFIG", "DIGITS_SCHEDULE_SPEC", "build_digits_ddpm", "digits_schedule", "load_digits_ddpm"),
-    "sampling": ("evaluate_digits_samples", "sample_digits", "save_sample_grid"),
-    "training": ("check_digits_ddpm", "reproduce_digits_classifier", "reproduce_digits_ddpm", "save_digits_classifier",
+    "sampling": ("evaluate_digits_samples", "nearest_neighbour_statistics", "ode_range_statistics", "sample_digits",
+                 "save_sample_grid"),
+    "training": ("LOSS_WINDOW", "check_digits_ddpm", "loss_curve", "reproduce_digits_classifier", "reproduce_digits_ddpm", "save_digits_classifier",
                  "save_digits_ddpm", "train_digits_classifier", "train_digits_ddpm"),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}

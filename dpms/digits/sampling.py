@@ -68,6 +68,45 @@ def evaluate_digits_samples(samples: Tensor, classifier: DigitsClassifier, confi
     }
 
 
+@torch.no_grad()
+def nearest_neighbour_statistics(samples: Tensor) -> dict:
+    """Does the model copy its training digits? L2 distances (over the 64 pixels, samples quantised to 8 bits
+    as the bench sees them) from each sample to its nearest digit of the train split and of the held-out split,
+    against the same distances of the held-out digits themselves to the train split (unseen data: what a
+    model that generalises produces). A memorising model's samples sit much closer to the train split than
+    held-out digits do, and closer to the train split than to the held-out one by more than the sizes of the
+    two splits explain (for a model trained on all digits the held-out split was seen too)."""
+    convention = get_preset(PRESET).uint8
+    quantised = to_uint8(samples, convention).float().div(127.5).sub(1.0).flatten(1)
+    images = load_digits_images().flatten(1)
+    train_idx, held_idx = digits_split()
+    train, held = images[train_idx], images[held_idx]
+
+    def nearest(a: Tensor, b: Tensor) -> Tensor:
+        return torch.cdist(a.double(), b.double()).min(dim=1).values
+
+    def summary(d: Tensor) -> dict:
+        return {"median": d.median().item(), "mean": d.mean().item(), "fraction_below_1": (d < 1.0).float().mean().item()}
+
+    return {
+        "distance": "L2 over the 64 pixels in [-1, 1]; samples quantised to 8 bits",
+        "samples_to_train_split": summary(nearest(quantised, train)),
+        "samples_to_held_out_split": summary(nearest(quantised, held)),
+        "held_out_to_train_split": summary(nearest(held, train)),
+    }
+
+
+@torch.no_grad()
+def ode_range_statistics(model: nn.Module, num_samples: int = 200, nfe: int = 1000, seed: int = 0) -> dict:
+    """Does the model's own ODE solution stay in the data range? Fraction of pixels within [−1.1, 1.1] (the
+    data, dequantised, lie in [−1.0625, 1.0625]) of DDIM samples with `nfe` steps — close to the converged
+    ODE solution, so this is the model's property, not a solver's."""
+    samples = sample_digits(model, num_samples, solver="ddim", nfe=nfe, seed=seed)
+    return {"num_samples": num_samples, "solver": f"ddim, {nfe} steps", "seed": seed,
+            "fraction_pixels_within_1.1": (samples.abs() <= 1.1).float().mean().item(),
+            "pixel_range": [samples.min().item(), samples.max().item()]}
+
+
 def save_sample_grid(samples: Tensor, path: Path, nrow: int = 10, upscale: int = 4) -> None:
     """PNG grid of samples in [−1, 1], each upscaled by nearest neighbour so the 8×8 digits are visible."""
     from torchvision.utils import save_image

@@ -18,10 +18,10 @@ from torch import Tensor
 from ..errors import DpmsError
 from ..training import train_noise_predictor
 from .classifier import FEATURE_DIM, DigitsClassifier, augment, classifier_accuracy, feature_statistics, load_digits_classifier
-from .data import (CLASSIFIER_FILE, DDPM_FILE, DIGITS_DIR, HELD_OUT_SIZE, SAMPLES_FILE, SPLIT_SEED, STATS_FILE, digits_split,
-                   load_digits_images, load_digits_labels, sha256_of)
+from .data import (CLASSIFIER_FILE, DDPM_FILE, DIGITS_DIR, HELD_OUT_SIZE, SAMPLES_FILE, SPLIT_SEED, STATS_FILE, dequantise,
+                   digits_split, load_digits_images, load_digits_labels, sha256_of)
 from .model import DIGITS_DDPM_CONFIG, DIGITS_SCHEDULE_SPEC, build_digits_ddpm, digits_schedule, load_digits_ddpm
-from .sampling import evaluate_digits_samples, sample_digits, save_sample_grid
+from .sampling import evaluate_digits_samples, nearest_neighbour_statistics, ode_range_statistics, sample_digits, save_sample_grid
 
 
 def train_digits_classifier(
@@ -86,29 +86,60 @@ def save_digits_classifier(model: DigitsClassifier, info: dict, directory: Path)
     return info
 
 
+LOSS_WINDOW = 250  # steps per point of the card's loss curve
+
+
 def train_digits_ddpm(
-    steps: int = 6000,
+    steps: int = 8000,
     seed: int = 0,
     batch_size: int = 128,
     lr: float = 2e-4,
     warmup_steps: int = 500,
     ema_decay: float = 0.999,
+    lr_decay: str = "cosine",
+    dequantised: bool = True,
+    held_out: bool = True,
     images: Tensor | None = None,
     progress: bool = True,
+    log_every: int = 500,
+    snapshot=None,
     console: Console | None = None,
 ):
-    """Train the digits DDPM on all 1,797 images (or `images`) and return (TrainResult, settings dict)."""
+    """Train the digits DDPM and return (TrainResult, settings dict).
+
+    The defaults are the recipe of the shipped weights (issue 17): the 1,437 digits of the fixed train split
+    only (`held_out`: the 360 others stay unseen, so samples can be checked for memorisation against them),
+    every batch dequantised (`dequantise`), linear warm-up then a cosine decay of the rate to 0, EMA.
+    `held_out=False` trains on all 1,797 digits, `dequantised=False` on the 17 grey levels as they are,
+    `lr_decay="constant"` keeps the rate (the recipe of the first shipped weights). `images` replaces the data.
+    """
     torch.manual_seed(seed)  # initialisation and dropout
     model = build_digits_ddpm()
-    images = load_digits_images() if images is None else images
+    if images is None and held_out:
+        images = load_digits_images()[digits_split()[0]]
+        what = f"sklearn load_digits, the {images.shape[0]} digits of the train split (digits_split; {HELD_OUT_SIZE} held out)"
+    elif images is None:
+        images = load_digits_images()
+        what = f"sklearn load_digits, all {images.shape[0]} images"
+    else:
+        what = f"{images.shape[0]} given images"
+    data = (f"{what}, in [-1,1]; " + ("dequantised: + U(-1/16, 1/16) per pixel per batch (one grey level's width, centred)"
+                                      if dequantised else "not dequantised") + "; no other augmentation")
+    schedule_text = {"cosine": f"linear warm-up over {warmup_steps} steps, then cosine decay to 0 at step {steps}",
+                     "constant": "linear warm-up then constant"}.get(lr_decay, lr_decay)
     settings = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
-                "lr_schedule": "linear warm-up then constant", "optimizer": "AdamW(weight_decay=0)", "grad_clip": 1.0,
-                "ema_decay": ema_decay, "loss": "L_simple: mean squared error of the eps prediction",
-                "data": f"sklearn load_digits, {images.shape[0]} images in [-1,1], no augmentation"}
+                "lr_schedule": schedule_text, "optimizer": "AdamW(weight_decay=0)", "grad_clip": 1.0,
+                "ema_decay": ema_decay, "loss": "L_simple: mean squared error of the eps prediction", "data": data}
     result = train_noise_predictor(model, images, digits_schedule(), steps=steps, batch_size=batch_size, lr=lr,
-                                   warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed, progress=progress,
-                                   console=console)
+                                   warmup_steps=warmup_steps, ema_decay=ema_decay, lr_decay=lr_decay,
+                                   data_transform=dequantise if dequantised else None, seed=seed, progress=progress,
+                                   log_every=log_every, snapshot=snapshot, console=console)
     return result, settings
+
+
+def loss_curve(losses: list[float], window: int = LOSS_WINDOW) -> list[float]:
+    """Mean training loss over consecutive windows of `window` steps (the last partial window dropped)."""
+    return [round(sum(losses[k : k + window]) / window, 5) for k in range(0, len(losses) - window + 1, window)]
 
 
 def save_digits_ddpm(ema_state_dict: dict[str, Tensor], card: dict, directory: Path) -> dict:
@@ -131,25 +162,36 @@ def reproduce_digits_classifier(epochs: int = 30, seed: int = 0, directory: Path
     return save_digits_classifier(model, info, Path(directory or DIGITS_DIR))
 
 
-def reproduce_digits_ddpm(steps: int = 6000, seed: int = 0, directory: Path | None = None,
-                          console: Console | None = None, check_samples: int = 500) -> dict:
+def reproduce_digits_ddpm(steps: int = 8000, seed: int = 0, directory: Path | None = None,
+                          console: Console | None = None, check_samples: int = 500, snapshot_every: int = 0,
+                          **recipe) -> dict:
     """`dpms train digits`: train the DDPM, write the EMA weights and their card, then check the samples.
 
     The check draws `check_samples` (500) DDIM samples with 50 steps, classifies them with the feature
     network found in `directory` (else the shipped one), records the result in the card and writes
     samples_ddim50.png. Prints, and records in the card, the training's seconds per step and wall time and
-    the whole command's wall time (training, writing and the check).
+    the whole command's wall time (training, writing and the check). With `snapshot_every` > 0 the EMA
+    weights are also written every that many steps to DIRECTORY/snapshots/step<N>.pt, to inspect a run.
+    `recipe` goes to `train_digits_ddpm` (held_out, dequantised, lr_decay).
     """
     start = time.perf_counter()
     console = console or Console()
     directory = Path(directory or DIGITS_DIR)
-    result, settings = train_digits_ddpm(steps=steps, seed=seed, console=console)
+
+    def snapshot(step: int, weights: dict) -> None:
+        folder = directory / "snapshots"
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(weights, folder / f"step{step}.pt")
+
+    result, settings = train_digits_ddpm(steps=steps, seed=seed, console=console, log_every=snapshot_every or 500,
+                                         snapshot=snapshot if snapshot_every else None, **recipe)
     seconds_per_step = result.wall_time_s / steps
     console.print(f"trained {steps} steps in {result.wall_time_s:.1f} s: {seconds_per_step:.4f} s/step "
                   f"(batch {settings['batch_size']}, {torch.get_num_threads()} torch threads)", highlight=False)
     card = {"architecture": "ddpm", "config": DIGITS_DDPM_CONFIG, "schedule": DIGITS_SCHEDULE_SPEC,
             "model_type": "noise", "time_input": "integer step n in [0, 999]; t_n = (n+1)/1000 (time_map='discrete')",
             "weights": "EMA", **settings, "final_loss_last_500_steps": round(result.final_loss(500), 5),
+            f"loss_curve_mean_per_{LOSS_WINDOW}_steps": loss_curve(result.losses),
             "wall_time_s": round(result.wall_time_s, 1), "seconds_per_step": round(seconds_per_step, 4),
             "torch": torch.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
     card = save_digits_ddpm(result.ema_state_dict, card, directory)
@@ -162,10 +204,12 @@ def reproduce_digits_ddpm(steps: int = 6000, seed: int = 0, directory: Path | No
 
 
 def check_digits_ddpm(directory: Path | None = None, card: dict | None = None, console: Console | None = None,
-                      check_samples: int = 500, seed: int = 0) -> dict:
+                      check_samples: int = 500, seed: int = 0, range_samples: int = 200) -> dict:
     """The card's sample check (also `dpms train digits --check-only`, on weights already there): draw
     `check_samples` DDIM-50 samples, classify them with the feature network found in `directory` (else the
-    shipped one), write samples_ddim50.png and record the result in the card digits_ddpm.json."""
+    shipped one), measure their nearest neighbours in the train and held-out splits, and the pixel range of
+    `range_samples` DDIM-1000 samples (the model's own ODE solution); write samples_ddim50.png and record
+    the result in the card digits_ddpm.json."""
     console = console or Console()
     directory = Path(directory or DIGITS_DIR)
     card_path = directory / "digits_ddpm.json"
@@ -179,10 +223,17 @@ def check_digits_ddpm(directory: Path | None = None, card: dict | None = None, c
     samples = sample_digits(model, check_samples, solver="ddim", nfe=50, seed=seed)
     save_sample_grid(samples[:100], directory / SAMPLES_FILE)
     check = evaluate_digits_samples(samples, load_digits_classifier(directory=classifier_dir))
+    check["nearest_neighbours"] = nearest_neighbour_statistics(samples)
     card[f"check_ddim50_{check_samples}_samples"] = check
+    card["check_ode_range"] = ode_range_statistics(model, num_samples=range_samples, seed=seed)
     card["check_wall_time_s"] = round(time.perf_counter() - check_start, 1)
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     console.print(f"FD (digits features) of {check_samples} DDIM-50 samples, quantised to 8 bits as dpms bench: "
                   f"{check['fd_samples_vs_real']:.3f} (unquantised {check['fd_samples_vs_real_unquantised']:.3f}; "
                   f"held-out real floor {check['fd_floor_held_out_vs_rest']:.3f})", highlight=False)
+    neighbours = check["nearest_neighbours"]
+    console.print(f"median nearest-neighbour distance: samples→train {neighbours['samples_to_train_split']['median']:.3f}, "
+                  f"samples→held-out {neighbours['samples_to_held_out_split']['median']:.3f}, "
+                  f"held-out→train {neighbours['held_out_to_train_split']['median']:.3f}; "
+                  f"DDIM-1000 pixels within ±1.1: {card['check_ode_range']['fraction_pixels_within_1.1']:.5f}", highlight=False)
     return card

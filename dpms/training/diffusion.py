@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -62,11 +63,22 @@ class TrainResult:
         return sum(tail) / len(tail)
 
 
-def learning_rate(step: int, base_lr: float, warmup_steps: int) -> float:
-    """Linear warm-up from base_lr/warmup_steps to base_lr, then constant (DDPM's schedule)."""
-    if warmup_steps <= 0:
+LR_DECAYS = ("constant", "cosine")
+
+
+def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int | None = None,
+                  decay: str = "constant") -> float:
+    """Linear warm-up from base_lr/warmup_steps to base_lr, then constant (DDPM's schedule) or, with
+    decay="cosine", half a cosine from base_lr down to 0 at `total_steps` (Loshchilov & Hutter 2017, Eq. 5
+    with η_min = 0 and one cycle), so that the last weights are not those of a noisy constant-rate walk."""
+    if decay not in LR_DECAYS:
+        raise ValueError(f"learning-rate decay must be one of {', '.join(LR_DECAYS)}, got {decay!r}")
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if decay == "constant" or not total_steps or total_steps <= warmup_steps:
         return base_lr
-    return base_lr * min(1.0, (step + 1) / warmup_steps)
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def batch_indices(num_items: int, batch_size: int, generator: torch.Generator):
@@ -106,16 +118,23 @@ def train_noise_predictor(
     weight_decay: float = 0.0,
     ema_decay: float = 0.999,
     grad_clip: float = 1.0,
+    lr_decay: str = "constant",
+    data_transform: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     seed: int = 0,
     progress: bool = True,
     log_every: int = 500,
+    snapshot: Callable[[int, dict[str, Tensor]], None] | None = None,
     console: Console | None = None,
 ) -> TrainResult:
     """Train `model` (ε-prediction, time input = step index n) on `images` (B, C, H, W) for `steps` steps.
 
-    AdamW with linear warm-up, gradient-norm clipping at `grad_clip` (as DDPM), EMA of the weights.
+    AdamW with linear warm-up then `lr_decay` (see `learning_rate`), gradient-norm clipping at `grad_clip`
+    (as DDPM), EMA of the weights. `data_transform(x0, generator)`, if given, is applied to every batch
+    (dequantisation, augmentation) and draws its randomness from the training generator.
     The caller seeds the global RNG before building the model (initialisation and dropout);
-    `seed` seeds the data order, the steps n and the noise ε. Returns the EMA weights and the losses.
+    `seed` seeds the data order, the data transform, the steps n and the noise ε. `snapshot(step, ema_weights)`,
+    if given, is called every `log_every` steps (to inspect a long run while it trains). Returns the EMA
+    weights and the losses.
     """
     console = console or Console()
     alphas, sigmas = step_coefficients(schedule, images.dtype)
@@ -132,8 +151,10 @@ def train_noise_predictor(
         task = bar.add_task("train", total=steps, loss=math.nan)
         for step in range(steps):
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, lr, warmup_steps)
+                group["lr"] = learning_rate(step, lr, warmup_steps, steps, lr_decay)
             x0 = images[next(batches)]
+            if data_transform is not None:
+                x0 = data_transform(x0, generator)
             n = torch.randint(0, schedule.N, (x0.shape[0],), generator=generator)
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
             loss = simple_loss(model, x0, n, noise, alphas, sigmas)
@@ -145,6 +166,8 @@ def train_noise_predictor(
             result.losses.append(loss.item())
             recent = result.final_loss(window=100)
             bar.update(task, advance=1, loss=recent)
+            if snapshot is not None and log_every and (step + 1) % log_every == 0 and step + 1 < steps:
+                snapshot(step + 1, ema.state_dict())
             if progress and log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
                 elapsed = time.perf_counter() - start
                 bar.console.print(f"step {step + 1}/{steps}  loss(last {min(step + 1, log_every)}) "
