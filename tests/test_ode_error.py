@@ -28,13 +28,7 @@ GMM = {"name": "g", "model": "gmm", "features": "exact", "num": 40, "batch": 16,
        "nfe": [6, 10], "solvers": ["ddim", "dpm2m", "dpm23"]}
 needs_digits = pytest.mark.skipif(not (REPO / "checkpoints" / "digits" / "digits_ddpm.pt").is_file(), reason="digits model not trained yet")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny networks run faster on one thread
 
 
 def write_config(tmp_path: Path, base: dict | None = None, **changes) -> Path:
