@@ -431,6 +431,9 @@ def bench_command(
     features: Optional[str] = typer.Option(None, help="inception, digits or exact (replaces the config's)"),
     ref_stats: Optional[str] = typer.Option(None, help="reference statistics .npz (mu, sigma)"),
     inception_weights: Optional[str] = typer.Option(None, help="pytorch-fid Inception weights file (pt_inception-2015-12-05-6726825d.pth)"),
+    ode_error: Optional[bool] = typer.Option(None, "--ode-error/--no-ode-error", show_default=False, metavar="",
+                                             help="also measure each sample's mean L2 distance to the model's own converged ODE solution "
+                                                  "from the same x_T (default: the config's ode_error)"),
     check: Optional[Path] = typer.Option(None, help="baseline results.json: exit 1 if a cell moved beyond --tol or is missing"),
     tol: float = typer.Option(0.0, help="absolute tolerance of --check"),
     rel_tol: float = typer.Option(CHECK_REL_TOL, help="relative tolerance of --check (a cell may move by max(tol, rel_tol·|baseline|)); "
@@ -441,7 +444,7 @@ def bench_command(
     """Run a benchmark config (default: the digits model, every solver × NFE, < 10 min on 2 CPU cores).
 
     Finished cells are kept in OUT/cells/ and skipped by a rerun; results.json/csv/md and fid_vs_nfe.png
-    are rewritten after every cell. A report of another grid or settings in OUT is kept: pass --out or --force.
+    (ode_error_vs_nfe.png with --ode-error) are rewritten after every cell. A report of another grid or settings in OUT is kept: pass --out or --force.
     """
     from .bench import Overrides, apply_overrides, load_config, run_benchmark
     from .bench.check import compare, load_baseline, print_check
@@ -449,6 +452,7 @@ def bench_command(
     overrides = Overrides(
         model=model, checkpoint=checkpoint, solvers=_comma_list(solvers), nfe=_comma_list(nfe, int), num=num,
         batch=batch, seed=seed, features=features, reference_stats=ref_stats, inception_weights=inception_weights,
+        ode_error=ode_error,
     )
     settings = apply_overrides(load_config(config), overrides)
     baseline = load_baseline(check) if check is not None else None  # a bad baseline fails before sampling

@@ -530,7 +530,7 @@ def test_tables_keep_solver_and_preset_names_whole_at_80_columns(tmp_path, monke
 
     result = _gmm_bench(tmp_path, tmp_path / "out", grid={"ode_error": True}, solvers=["dpmpp2m", "dpmpp3m", "ddim"], nfe=[5, 6, 10, 20, 50])
     text = _render(result.table)
-    assert "dpmpp2m" in text and "dpmpp3m" in text and "mean L2 error against the exact ODE solution" in " ".join(text.split())
+    assert "dpmpp2m" in text and "dpmpp3m" in text and "ode_error: mean L2 distance to the model's converged ODE solution" in " ".join(text.split())
     import io
 
     monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=80))

@@ -5,7 +5,8 @@
     result.records[0]["fid"], result.records[0]["metric"]        # e.g. 3.1, "FD (digits features)"
 
 Modules: `config` (YAML schema, flag overrides), `cells` (the solver × NFE grid, keys), `runner`
-(streaming samples into feature statistics, sharded over processes), `report` (cell files, results.json /
+(streaming samples into feature statistics, sharded over processes), `ode_reference` (ode_error: the
+model's converged ODE solution, checked and cached), `report` (cell files, results.json /
 csv / md, the figure), `check` (comparison with a baseline run), `distributed` (torchrun).
 """
 

@@ -18,6 +18,8 @@ published number of every cell it reproduces::
       - {value: 1.0e-4}                                 #   otherwise 1e-4
     solvers:
       - {name: dpm3, skip: logSNR, order_plan: fast, paper: {10: 4.70, 12: 3.75, 15: 3.24, 20: 2.87}}
+    ode_error: true                                     # optional: each sample's distance to the model's own
+                                                        #   converged ODE solution (dpms.bench.ode_reference)
 
 A solver entry takes `name`, optional `label` (the table row; default the name), `skip`, `t_end`,
 `paper` ({column: number}), `confidence`, `note`, and `nfe` or `steps` (whichever the config uses: the
@@ -43,6 +45,7 @@ from ..evaluation.kinds import FEATURE_KINDS
 from ..models.checkpoints import get_preset
 from ..sampler.noise import MAX_SAMPLES, MAX_SEED
 from ..sampler.registry import default_grid
+from .ode_reference import parse_ode_error
 
 CONFIDENCE = ("paper", "secondary-high", "secondary", "secondary-low", "none")  # the reference's labels
 TOP_KEYS = {
@@ -107,7 +110,7 @@ class BenchConfig:
     skip: str | None = None  # None: each solver's default grid
     reference_stats: str | None = None
     inception_weights: str | None = None
-    ode_error: bool = False
+    ode_error: dict | None = None  # None: off; else the checked `ode_error` settings (see bench.ode_reference)
     sample_grid: dict | None = None  # {"nfe": 10, "count": 100}
     out: str | None = None
     description: str = ""
@@ -329,7 +332,7 @@ def parse_config(data: dict, where: str = "config", path: Path | None = None) ->
         skip=data.get("skip"),
         reference_stats=data.get("reference_stats"),
         inception_weights=data.get("inception_weights"),
-        ode_error=bool(data.get("ode_error", False)),
+        ode_error=parse_ode_error(data.get("ode_error"), r.fail),
         sample_grid=grid,
         out=data.get("out"),
         description=str(data.get("description", "")).strip(),
@@ -413,6 +416,7 @@ class Overrides:
     features: str | None = None
     reference_stats: str | None = None
     inception_weights: str | None = None
+    ode_error: bool | None = None  # --ode-error / --no-ode-error
 
 
 def apply_overrides(config: BenchConfig, o: Overrides) -> BenchConfig:
@@ -425,6 +429,8 @@ def apply_overrides(config: BenchConfig, o: Overrides) -> BenchConfig:
     which describe the config's model and numbers, are replaced.
     --solvers keeps the config's entries with those names or labels, in the order given, and adds a
     default entry for any other solver name. --nfe replaces the columns (and makes them NFE).
+    --ode-error turns on the error against the model's converged ODE solution (the config's settings,
+    else the defaults of `dpms.bench.ode_reference`); --no-ode-error turns it off.
     """
     c = copy.deepcopy(config)
     if o.model is not None and o.model != c.model.preset:
@@ -435,7 +441,7 @@ def apply_overrides(config: BenchConfig, o: Overrides) -> BenchConfig:
         c.name, c.out, c.notes = f"{config.name}-{o.model}", None, ""
         c.description = f"The solvers and grid of {config.name} run on model {o.model} (--model); no published numbers apply."
         if get_preset(o.model).kind == "exact":
-            c.features, c.reference_stats, c.ode_error = "exact", None, True
+            c.features, c.reference_stats, c.ode_error = "exact", None, {}  # its exact ODE solution (DOP853)
         elif not FEATURE_KINDS[c.features].images:
             c.features = "inception"
     if o.checkpoint is not None:
@@ -466,4 +472,6 @@ def apply_overrides(config: BenchConfig, o: Overrides) -> BenchConfig:
     for key in ("reference_stats", "inception_weights"):
         if getattr(o, key) is not None:
             setattr(c, key, getattr(o, key))
+    if o.ode_error is not None:
+        c.ode_error = (c.ode_error if c.ode_error is not None else {}) if o.ode_error else None
     return c

@@ -19,6 +19,11 @@ regenerated; a rerun loads every finished cell whose key and settings match and 
 killing the process loses at most the running cell. The key covers what changes the number, not how
 the table presents it: a loaded cell takes its label, column and published number (with Δ and
 confidence) from the current config.
+
+ode_error (`dpms.bench.ode_reference`). With it on, the converged ODE solutions of every t_end are loaded or
+solved (and checked) before the first cell; each cell measures its first samples against them. It is not in
+the cell key — it does not change the FD — so a finished cell that lacks it (run without ode_error, or with
+other reference settings) keeps its FD and gets its ode_error measured by drawing those samples again.
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from .. import sampler
 from ..atomic import atomic_path
 from ..errors import DpmsError, MissingFileError, NonFiniteError
 from ..evaluation import FeatureStats, feature_extractor, frechet_distance
@@ -43,7 +47,8 @@ from ..images import save_grid, to_uint8
 from ..models.checkpoints import get_preset, resolve_checkpoint
 from ..target import Target, describe_target, load_target
 from . import report
-from .cells import Cell, Skipped, assign_keys, fingerprint, plan_cells
+from . import ode_reference
+from .cells import Cell, Skipped, assign_keys, fingerprint, numerics_fingerprint, plan_cells
 from .config import BenchConfig, candidate_paths, resolve_path
 from .distributed import World
 
@@ -68,7 +73,8 @@ class Prepared:
     skipped: list[Skipped]
     target: Target
     metric: Metric
-    ode_model: object | None = None  # the exact model, when errors against its ODE are measured
+    ode_error: ode_reference.OdeErrorSpec | None = None  # set: each cell's error against the converged ODE solution
+    ode_keys: dict = field(default_factory=dict)  # t_end → the key of its ODE reference
 
 
 @dataclass
@@ -97,8 +103,6 @@ def _check_metric_fits(config: BenchConfig, image_shape) -> None:
         raise DpmsError(f"{where}: features {kind.name!r} need the exact model (model: gmm); use digits or inception features")
     if exact_model and kind.images:
         raise DpmsError(f"{where}: the exact model {config.model.preset} makes vectors, not images; use features: exact")
-    if config.ode_error and not exact_model:
-        raise DpmsError(f"{where}: ode_error needs the exact model (model: gmm)")
     if kind.images and not kind.accepts(image_shape, True):
         shape = "×".join(map(str, kind.image_shape))
         raise DpmsError(f"{where}: {kind.name} features need {shape} images but {config.model.preset} makes {image_shape}; use features: inception")
@@ -163,6 +167,11 @@ def prepare(config: BenchConfig, device: str = "cpu", acceleration: dict | None 
     schedule, image_shape, preset = _model_info(config)
     _check_metric_fits(config, image_shape)
     cells, skipped = plan_cells(config, schedule)
+    ode = None
+    if config.ode_error is not None:
+        dim = int(np.prod(describe_target(config.model.preset)[2]))  # coordinates of one sample
+        ode = ode_reference.resolve(config.ode_error, config.num, dim, image_shape is None, schedule,
+                                    sorted({c.t_end for c in cells}), str(config.path or config.name))
     reference = _reference_path(config)
     extractor = feature_extractor(config.features, resolve_path(config.inception_weights, config), device)
     name = extractor.name  # "FID (Inception)", "FD (digits features)" or "FD (exact features)"
@@ -181,7 +190,7 @@ def prepare(config: BenchConfig, device: str = "cpu", acceleration: dict | None 
             "dtype": config.model.dtype,
             "uint8": preset.uint8 if image_shape is not None else None,
         },
-        "metric": {"features": config.features, "reference": fingerprint(reference), "ode_error": config.ode_error},
+        "metric": {"features": config.features, "reference": fingerprint(reference)},  # ode_error is not in the key: it leaves FD alone
     }
     weights = get_feature_kind(config.features).weights
     if weights is not None:
@@ -192,7 +201,9 @@ def prepare(config: BenchConfig, device: str = "cpu", acceleration: dict | None 
     return Prepared(
         config=config, cells=cells, skipped=skipped, target=target,
         metric=Metric(name, extractor, extractor.dims, mu_ref, sigma_ref),
-        ode_model=target.exact if config.ode_error else None,
+        ode_error=ode,
+        ode_keys={t_end: ode_reference.reference_key(ode, numerics_fingerprint(), identity["model"], config.seed, t_end, target.sample_dtype)
+                  for t_end in sorted({c.t_end for c in cells})} if ode is not None else {},
     )
 
 
@@ -239,22 +250,29 @@ def _features(prep: Prepared, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         return prep.metric.features.from_uint8(u8), u8
 
 
+def _draw(prep: Prepared, cell: Cell, idx: list[int], world: World):
+    """Samples `idx` of a cell (`Target.draw`: the same samples whatever the batch or process)."""
+    return prep.target.draw(idx, prep.config.seed, world.device, cell.spec.name, cell.nfe, skip=cell.skip, t_end=cell.t_end,
+                            **cell.entry.options)
+
+
 def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_images: bool, keep_grid: bool,
-             on_batch=None, ode_cache: dict | None = None, on_reference=None) -> dict | None:
-    """Sample this rank's share of a cell; on rank 0 return the merged record (None elsewhere)."""
+             on_batch=None, references: dict | None = None) -> dict | None:
+    """Sample this rank's share of a cell; on rank 0 return the merged record (None elsewhere).
+
+    references: t_end → `ode_reference.Reference`, when the config measures ode_error (`run_cells` loads them)."""
     config, target = prep.config, prep.target
     stats = FeatureStats(prep.metric.dims)
     nfe_used: list[tuple[int, int]] = []  # (samples, NFE) per batch
     err_sum = err_sq = 0.0
     grid_images: list[tuple[int, np.ndarray]] = []
     count = config.sample_grid["count"] if keep_grid else 0
-    seconds = sampling_seconds = 0.0  # the exact-solution reference is measurement, not sampling: not timed
+    seconds = sampling_seconds = 0.0  # ode_error is measurement, not sampling: not timed
     diverged = None  # the NaN/inf message of the first batch that diverged: the cell is recorded as diverged
     for idx in shard(cell, config, world):
         start = time.perf_counter()
         try:
-            x, info, x_T, _ = target.draw(idx, config.seed, world.device, cell.spec.name, cell.nfe, skip=cell.skip,
-                                          t_end=cell.t_end, **cell.entry.options)
+            x, info, _, _ = _draw(prep, cell, idx, world)
         except NonFiniteError as e:
             diverged = f"samples {idx[0]}..{idx[-1]}: {e}"
             break
@@ -263,10 +281,8 @@ def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_image
         features, u8 = _features(prep, x)
         stats.update(features)
         seconds += time.perf_counter() - start
-        if prep.ode_model is not None:
-            if on_reference is not None:  # the DOP853 reference can take longer than the sampling: say so
-                on_reference()
-            errors = _ode_errors(prep, x, x_T, idx, cell.t_end, ode_cache)
+        if prep.ode_error is not None:
+            errors = ode_reference.distances(x, idx, references[cell.t_end])
             err_sum += float(errors.sum())
             err_sq += float((errors**2).sum())
         if u8 is not None:
@@ -282,7 +298,7 @@ def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_image
     merged = FeatureStats.from_state_dict(parts[0]["stats"])
     for part in parts[1:]:
         merged.merge(FeatureStats.from_state_dict(part["stats"]))
-    record = _record(prep, cell, merged, parts, world)
+    record = _record(prep, cell, merged, parts, world, references)
     if keep_grid:
         images = [img for _, img in sorted((pair for part in parts for pair in part["grid"]), key=lambda pair: pair[0])]
         if images:
@@ -293,17 +309,25 @@ def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_image
     return record
 
 
-def _ode_errors(prep: Prepared, x, x_T, idx, t_end: float, cache: dict | None) -> torch.Tensor:
-    """‖x − x_ref‖₂ per sample, x_ref the DOP853 solution of the exact model's ODE from the same x_T."""
-    key = (t_end, tuple(idx))
-    if cache is not None and key in cache:
-        reference = cache[key]
-    else:
-        exact = prep.ode_model
-        reference = sampler.ode_reference(exact, exact.schedule, x_T, t_end=t_end)
-        if cache is not None:
-            cache[key] = reference
-    return (x.double() - reference.double()).flatten(1).norm(dim=1).cpu()
+def measure_ode_error(prep: Prepared, cell: Cell, record: dict, world: World, references: dict, on_batch=None) -> dict | None:
+    """A finished cell's record with its ode_error measured now (rank 0; None elsewhere): its first samples are
+    drawn again — the same samples, up to round-off, since each comes from its own generators — and compared
+    with the reference. Its FD and everything else stay as they were."""
+    reference = references[cell.t_end]
+    err_sum = err_sq = 0.0
+    for idx in shard(cell, prep.config, world):
+        if idx[0] >= prep.ode_error.num:
+            continue
+        if not cell.adaptive:  # an adaptive group is drawn whole: its samples share one step size
+            idx = [i for i in idx if i < prep.ode_error.num]
+        errors = ode_reference.distances(_draw(prep, cell, idx, world).x, idx, reference)
+        err_sum, err_sq = err_sum + float(errors.sum()), err_sq + float((errors**2).sum())
+        if on_batch is not None:
+            on_batch(len(idx))
+    parts = world.gather((err_sum, err_sq))
+    if parts is None:
+        return None
+    return {**record, **ode_reference.record_fields(prep.ode_error, reference, *map(sum, zip(*parts)))}
 
 
 def _save_pngs(u8: torch.Tensor, idx: list[int], folder: Path) -> None:
@@ -315,7 +339,7 @@ def _save_pngs(u8: torch.Tensor, idx: list[int], folder: Path) -> None:
         Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(folder / f"{i:06d}.png")
 
 
-def _record(prep: Prepared, cell: Cell, stats, parts: list[dict], world: World) -> dict:
+def _record(prep: Prepared, cell: Cell, stats, parts: list[dict], world: World, references: dict | None = None) -> dict:
     config = prep.config
     diverged = next((part["diverged"] for part in parts if part.get("diverged")), None)
     # a diverged cell has no value: it is kept (a rerun does not redo it) and shown as "diverged"
@@ -355,10 +379,9 @@ def _record(prep: Prepared, cell: Cell, stats, parts: list[dict], world: World) 
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": cell.settings,
     }
-    if prep.ode_model is not None and not diverged:
-        total, squares = sum(p["err_sum"] for p in parts), sum(p["err_sq"] for p in parts)
-        record["ode_error"] = total / config.num
-        record["ode_error_std"] = max(squares / config.num - record["ode_error"] ** 2, 0.0) ** 0.5
+    if prep.ode_error is not None and not diverged:
+        record.update(ode_reference.record_fields(prep.ode_error, references[cell.t_end], sum(p["err_sum"] for p in parts),
+                                                  sum(p["err_sq"] for p in parts)))
     return record
 
 
@@ -386,36 +409,51 @@ def run_cells(prep: Prepared, out_dir: Path, world: World, save_images: bool = F
             f"{len(prep.skipped)} impossible), {config.num} samples each, metric {prep.metric.name}, "
             f"{world.size} process{'es' if world.size > 1 else ''} on {world.device} → {out_dir}", highlight=False)
         report.write_reports(out_dir, config, prep.metric.name, prep.cells, records, prep.skipped, world.size)
-    ode_cache: dict = {}
-    with _progress(console, world, len(todo), config.num) as progress:
-        for n, cell in enumerate(todo, 1):
+    keys = prep.ode_keys
+    measure = [c for c in prep.cells if c.key in records and keys and ode_reference.needs_measuring(records[c.key], keys[c.t_end])]
+    references = {t_end: ode_reference.load_or_compute(prep.target, prep.ode_error, keys[t_end], t_end, config.seed, config.batch,
+                                                       out_dir, world, console)
+                  for t_end in sorted({c.t_end for c in todo + measure}) if keys}  # checked before any cell
+    with _progress(console, world, len(measure) + len(todo), config.num) as progress:
+        for n, cell in enumerate(measure, 1):  # finished cells without this ode_error: only that is measured
+            progress.start_cell(n, cell, prep.ode_error.num, "ode_error of ")
+            record = measure_ode_error(prep, cell, records[cell.key], world, references, progress.advance)
+            _keep(prep, out_dir, records, record, world)
+            progress.finish_cell(record)
+        for n, cell in enumerate(todo, len(measure) + 1):
             progress.start_cell(n, cell)
-            record = run_cell(prep, cell, world, out_dir, save_images, cell.key in grids, progress.advance, ode_cache,
-                              progress.reference)
+            record = run_cell(prep, cell, world, out_dir, save_images, cell.key in grids, progress.advance, references)
             computed.append(cell.key)
-            if world.is_main:
-                records[cell.key] = record
-                try:
-                    report.write_cell(out_dir, record)
-                    report.write_reports(out_dir, config, prep.metric.name, prep.cells, records, prep.skipped, world.size)
-                except OSError as e:
-                    kept = sum(report.cell_path(out_dir, key).is_file() for key in records)
-                    failure = write_failure(e, f"{kept} finished cell{'s' * (kept != 1)} are kept in {out_dir / 'cells'} "
-                                               f"and a rerun resumes from them")
-                    if failure is None:
-                        raise
-                    raise failure from None
-                progress.finish_cell(record)
+            _keep(prep, out_dir, records, record, world)
+            progress.finish_cell(record)
     document = table = None
     if world.is_main:
         document = report.write_reports(out_dir, config, prep.metric.name, prep.cells, records, prep.skipped, world.size)
         table = report.rich_table(config, prep.metric.name, prep.cells, records, prep.skipped)
-        if any(r.get("ode_error") is not None for r in records.values()):  # the exact model: its error table too
+        if any(r.get("ode_error") is not None for r in records.values()):  # ode_error: its table too
             from rich.console import Group
 
             table = Group(table, report.rich_table(config, prep.metric.name, prep.cells, records, prep.skipped, quantity="ode_error"))
     ordered = [records[c.key] for c in prep.cells if c.key in records]
     return BenchResult(ordered, prep.skipped, computed, prep.metric.name, document, table, out_dir)
+
+
+def _keep(prep: Prepared, out_dir: Path, records: dict, record: dict | None, world: World) -> None:
+    """Rank 0: write a finished cell at once and refresh the reports (an unwritable folder: one line saying
+    that the finished cells are kept)."""
+    if not world.is_main:
+        return
+    records[record["key"]] = record
+    try:
+        report.write_cell(out_dir, record)
+        report.write_reports(out_dir, prep.config, prep.metric.name, prep.cells, records, prep.skipped, world.size)
+    except OSError as e:
+        kept = sum(report.cell_path(out_dir, key).is_file() for key in records)
+        failure = write_failure(e, f"{kept} finished cell{'s' * (kept != 1)} are kept in {out_dir / 'cells'} "
+                                   f"and a rerun resumes from them")
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def _load_finished(prep: Prepared, out_dir: Path, console: Console | None = None) -> dict[str, dict]:
@@ -452,28 +490,26 @@ class _progress:
             self.current = self.progress.add_task("", total=self.num, rate="")
         return self
 
-    def start_cell(self, n: int, cell: Cell) -> None:
-        self.done, self.t0 = 0, time.perf_counter()
+    def start_cell(self, n: int, cell: Cell, total: int | None = None, what: str = "") -> None:
+        self.done, self.t0, self.total = 0, time.perf_counter(), total or self.num
         if self.progress is not None:
-            what = "adaptive" if cell.adaptive else f"NFE {cell.nfe}"
-            self.progress.reset(self.current, total=self.num, description=f"{cell.label} {what}", rate="")
-
-    def reference(self) -> None:
-        if self.progress is not None:
-            self.progress.update(self.current, rate="exact ODE reference (DOP853)…")
+            what += f"{cell.label} {'adaptive' if cell.adaptive else f'NFE {cell.nfe}'}"
+            self.progress.reset(self.current, total=self.total, description=what, rate="")
 
     def advance(self, samples: int) -> None:
         self.done += samples * self.world.size  # the other ranks advance at the same pace
         if self.progress is not None:
             rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-            self.progress.update(self.current, completed=min(self.done, self.num), rate=f"{rate:.0f} img/s")
+            self.progress.update(self.current, completed=min(self.done, self.total), rate=f"{rate:.0f} img/s")
 
     def finish_cell(self, record: dict) -> None:
         if self.progress is not None:
             self.progress.advance(self.all)
             self.progress.console.print(
                 f"  {record['label']:>10} {'adaptive' if record['adaptive'] else 'NFE ' + str(record['nfe']):>9}: "
-                f"{record['metric']} {'diverged' if record.get('diverged') else report.fmt(record['fid'])}  (NFE used {record['nfe_used']}, {record['seconds']:.1f} s)",
+                f"{record['metric']} {'diverged' if record.get('diverged') else report.fmt(record['fid'])}"
+                + (f", ode_error {report.fmt(record['ode_error'])}" if record.get("ode_error") is not None else "")
+                + f"  (NFE used {record['nfe_used']}, {record['seconds']:.1f} s)",
                 highlight=False)
 
     def __exit__(self, *exc):
