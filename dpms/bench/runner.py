@@ -250,11 +250,12 @@ def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_image
     count = config.sample_grid["count"] if keep_grid else 0
     seconds = sampling_seconds = 0.0  # the exact-solution reference is measurement, not sampling: not timed
     diverged = None  # the NaN/inf message of the first batch that diverged: the cell is recorded as diverged
+    timesteps = cell_timesteps(prep, cell, world, out_dir)
+    grid = {"timesteps": timesteps} if timesteps is not None else {"skip": cell.skip, "t_end": cell.t_end}
     for idx in shard(cell, config, world):
         start = time.perf_counter()
         try:
-            x, info, x_T, _ = target.draw(idx, config.seed, world.device, cell.spec.name, cell.nfe, skip=cell.skip,
-                                          t_end=cell.t_end, **cell.entry.options)
+            x, info, x_T, _ = target.draw(idx, config.seed, world.device, cell.spec.name, cell.nfe, **grid, **cell.entry.options)
         except NonFiniteError as e:
             diverged = f"samples {idx[0]}..{idx[-1]}: {e}"
             break
@@ -291,6 +292,20 @@ def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_image
                 save_grid(torch.from_numpy(np.stack(images)), tmp, nrow=10, scale=max(1, 64 // images[0].shape[0]))
             record["sample_grid"] = path.name
     return record
+
+
+def cell_timesteps(prep: Prepared, cell: Cell, world: World, out_dir: Path) -> list[float] | None:
+    """The cell's tuned grid (a file's; or a `tune:` grid, tuned on rank 0 or loaded from OUT/grids/, and
+    sent to every rank), None for the solver's own grid from skip and t_end (dpms/bench/grids.py)."""
+    if cell.tune is None:
+        return cell.timesteps
+    from .grids import tuned_timesteps
+
+    key = {"numerics": cell.settings["numerics"], "model": cell.settings["model"], "solver": cell.spec.name, "nfe": cell.nfe,
+           "t_end": cell.t_end, "options": cell.settings["options"], "tune": cell.tune}
+    mine = tuned_timesteps(prep.target, cell.spec.name, cell.nfe, cell.t_end, cell.entry.options, cell.tune, key, out_dir) \
+        if world.is_main else None
+    return world.broadcast(mine)
 
 
 def _ode_errors(prep: Prepared, x, x_T, idx, t_end: float, cache: dict | None) -> torch.Tensor:
