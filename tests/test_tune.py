@@ -358,3 +358,25 @@ def test_tune_grid_force_replaces_an_existing_file(tmp_path, capsys):
     code, out, err = run(["tune-grid", "--solver", "unipc3", "--nfe", "5", "--method", "dmn", "--out", str(path), "--force"], capsys)
     assert code == 0, err
     assert TunedGrid.read(path).solver == "unipc3" and "dmn grid for gmm unipc3 NFE 5" in out
+
+
+def test_committed_tune_results_are_what_their_cells_give():
+    # results/tune/*.md and .json are written by benchmarks/tune_grids.py; their headline is recomputed here
+    # from the cells they hold (a hand edit of either, or a stale summary, fails)
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("tune_grids", root / "benchmarks" / "tune_grids.py")
+    tune_grids = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune_grids)
+    files = sorted((root / "results" / "tune").rglob("gmm.json"))
+    assert files
+    for path in files:
+        doc = json.loads(path.read_text())
+        metric = doc["cells"][0]["metric"]
+        lines, headline = tune_grids.summarise(doc["cells"], doc["solvers"], doc["baseline"], doc["nfe"], metric)
+        assert json.loads(json.dumps(headline)) == doc["headline"]
+        text = path.with_suffix(".md").read_text()
+        assert f"Command: `{doc['command']}`" in text and "\n".join(lines) in text
+        assert all(line in text for line in tune_grids.verdict_lines(headline))
