@@ -380,3 +380,14 @@ def test_committed_tune_results_are_what_their_cells_give():
         text = path.with_suffix(".md").read_text()
         assert f"Command: `{doc['command']}`" in text and "\n".join(lines) in text
         assert all(line in text for line in tune_grids.verdict_lines(headline))
+
+
+def test_import_dpms_does_not_load_models_and_tune_grid_is_there_on_first_use():
+    import subprocess
+    import sys
+
+    code = ("import sys, dpms; assert 'dpms.tune' not in sys.modules and 'dpms.target' not in sys.modules; "
+            "from dpms import tune_grid; import dpms.tune; assert tune_grid is dpms.tune.tune_grid and dpms.tune_grid is tune_grid; "
+            "assert 'tune_grid' in dpms.__all__")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
