@@ -28,6 +28,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fast ODE sol
                   context_settings=HELP_OPTIONS)
 console = Console()
 err_console = Console(stderr=True)
+TIMESTEPS_HELP = "a tuned time grid (`dpms tune-grid --out FILE`) of this model, solver and NFE, instead of --skip/--t-end"
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:
@@ -203,6 +204,7 @@ def sample_command(
     force: bool = typer.Option(False, "--force", metavar="", help="replace the samples of an earlier run in --out (its PNGs are removed first)"),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     protocol: Optional[str] = typer.Option(None, help="run a codebase's own loop instead of dpms's grid: ddim-code (ermongroup/ddim) or pndm-code (luping-liu/PNDM); discrete models, skip discrete_uniform/discrete_quadratic"),
+    timesteps: Optional[Path] = typer.Option(None, help=TIMESTEPS_HELP),
 ) -> None:
     """Sample a model with one solver; writes samples.npz (and PNGs + grid.png for images)."""
     from .generate import generate, load_target
@@ -214,6 +216,8 @@ def sample_command(
     options = _parse_options(option)
     if protocol is not None:
         options["protocol"] = protocol
+    if timesteps is not None:
+        options["timesteps"] = _tuned_grid(timesteps, model, solver, nfe, skip=skip, t_end=t_end, protocol=protocol)
     class_labels = _parse_labels(labels)
     batch_size = _parse_batch(batch)
     target = load_target(model, checkpoint, device, dtype, classifier, guidance_scale, verify_hash=not no_verify,
@@ -236,6 +240,64 @@ def sample_command(
     )
     if summary["interrupted"]:  # what was finished is saved, but the run did not do what was asked
         raise typer.Exit(130)
+
+
+def _tuned_grid(path: Optional[Path], model: str, solver: str, nfe: Optional[int], **conflicting) -> Optional[list[float]]:
+    """--timesteps FILE: the grid's times; a grid of another model, solver or NFE, or given with an option that
+    would also set the grid (--skip, --t-end, --protocol), is refused in one line."""
+    if path is None:
+        return None
+    given = [f"--{name.replace('_', '-')}" for name, value in conflicting.items() if value is not None]
+    if given:
+        raise DpmsError(f"--timesteps fixes the whole grid; drop {' and '.join(given)}")
+    from .sampler.tuning import load_grid
+
+    return load_grid(path, model, solver, nfe).timesteps
+
+
+# ---------------------------------------------------------------------------------------------
+# dpms tune-grid  (a time grid tuned for one model, solver and NFE; dpms/tune.py)
+# ---------------------------------------------------------------------------------------------
+@app.command("tune-grid")
+def tune_grid_command(
+    model: str = typer.Option("gmm", help="'gmm' (the exact model), 'digits', or a checkpoint preset (see `dpms models`)"),
+    solver: str = typer.Option("dpm2m", help="a solver with one network call per step (NFE = steps): ddim, dpm2m, dpmpp2m, dpmpp3m, ipndm, unipc3, deis3, ..."),
+    nfe: int = typer.Option(5, help="network evaluations (= steps) of the grid"),
+    out: Path = typer.Option(..., "--out", help="grid file to write (JSON), for --timesteps and configs' grid:"),
+    method: str = typer.Option("gits", help="gits (dynamic programming over teacher-measured step costs) or dmn (model-free λ optimisation)"),
+    num: int = typer.Option(256, help="gits: tuning samples (x_T of (seed, i))"),
+    seed: int = typer.Option(0, help="gits: seed of the tuning x_T (measure the grid on another seed)"),
+    candidates: int = typer.Option(60, help="gits: steps of the fine candidate grid"),
+    skip: Optional[str] = typer.Option(None, help="gits: skip type of the candidate grid (default: the solver's)"),
+    coeff: float = typer.Option(1.15, help="gits: GITS's coefficient scaling each later step's cost (1.15 in GITS)"),
+    teacher: str = typer.Option("dpm3", help="gits: teacher solver between candidates, or 'ode' (DOP853, rtol 1e-8)"),
+    teacher_substeps: int = typer.Option(4, help="gits: teacher steps per candidate interval"),
+    refine: int = typer.Option(0, help="gits: sweeps of coordinate descent on the full solver's error to the teacher (0: GITS as published)"),
+    trunc: Optional[int] = typer.Option(None, help="dmn: first steps whose error terms add as root-sum-squares (default 3 for NFE ≤ 7, else 0)"),
+    power: float = typer.Option(2.0, help="dmn: error proxy σ^power/α per node (DMN: 2; 1 for pixel-space models)"),
+    t_end: Optional[float] = typer.Option(None, help="end time of the grid (default: the schedule's)"),
+    checkpoint: Optional[str] = typer.Option(None, help="checkpoint file or folder (default: the preset's file)"),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
+    force: bool = typer.Option(False, "--force", metavar="", help="replace an existing --out file"),
+    option: list[str] = typer.Option([], help="solver option key=value, repeatable"),
+) -> None:
+    """Tune the time grid of one solver at one NFE for a model (GITS or DMN); writes a grid file for --timesteps."""
+    from .sampler.tuning import check_tunable
+    from .tune import tune_grid
+
+    set_threads(threads)
+    check_device(device)
+    check_tunable(solver, nfe, method)  # bad input: fail before loading anything
+    if out.exists() and not force:
+        raise DpmsError(f"{out} exists; choose another --out or pass --force")
+    grid = tune_grid(model, solver, nfe, num=num, method=method, seed=seed, candidates=candidates, skip=skip, coeff=coeff,
+                     teacher=teacher, teacher_substeps=teacher_substeps, refine=refine, trunc=trunc, power=power, t_end=t_end,
+                     checkpoint=checkpoint, device=device, console=err_console, **_parse_options(option))
+    grid.write(out, overwrite=force)
+    times = ", ".join(f"{t:.4g}" for t in grid.timesteps)
+    console.print(f"{method} grid for {model} {solver} NFE {nfe}: [{times}], cost {grid.cost:.4g} → {escape(str(out))}",
+                  highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,6 +502,7 @@ def bench_command(
                                   "the default covers the round-off of another --batch, --threads or process count (measured < 1e-4: benchmarks/roundoff.py); 0: exact"),
     check_subset: bool = typer.Option(False, "--check-subset", metavar="", help="--check only the cells this run has (a reduced grid against a full table)"),
     force: bool = typer.Option(False, "--force", metavar="", help="replace a report of another grid or settings already in --out"),
+    timesteps: list[Path] = typer.Option([], help="tuned grid file (`dpms tune-grid --out`), repeatable: the grid of the cells of its solver and NFE"),
 ) -> None:
     """Run a benchmark config (default: the digits model, every solver × NFE, < 10 min on 2 CPU cores).
 
@@ -455,6 +518,10 @@ def bench_command(
         ode_error=ode_error,
     )
     settings = apply_overrides(load_config(config), overrides)
+    if timesteps:
+        from .bench.grids import apply_grid_files
+
+        apply_grid_files(settings, timesteps)
     baseline = load_baseline(check) if check is not None else None  # a bad baseline fails before sampling
     set_threads(threads)
     check_device(device)
@@ -541,6 +608,7 @@ def speed_command(
     no_diffusers: bool = typer.Option(False, "--no-diffusers", metavar="", help="skip the diffusers comparison"),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON (atomically)"),
+    timesteps: Optional[Path] = typer.Option(None, help=TIMESTEPS_HELP),
 ) -> None:
     """Time the sampling loop against NFE × one forward pass and against diffusers' scheduler."""
     import json
@@ -553,7 +621,7 @@ def speed_command(
     report = measure_speed(
         model, solver, nfe, _parse_batch(batch), device, dtype, compile=compile, cuda_graphs=cuda_graphs,
         channels_last=channels_last, repeats=repeats, checkpoint=checkpoint, random_weights=random_weights,
-        diffusers=not no_diffusers,
+        diffusers=not no_diffusers, timesteps=_tuned_grid(timesteps, model, solver, nfe),
     )
     for line in format_report(report):
         console.print(line, highlight=False, soft_wrap=True)

@@ -231,8 +231,12 @@ def measure_speed(
     memory: bool = True,
     progress=None,
     max_batch: int = 8192,
+    timesteps: list[float] | None = None,
 ) -> SpeedReport:
-    """Time `solver` at `nfe` against one forward pass and against diffusers (see the module doc)."""
+    """Time `solver` at `nfe` against one forward pass and against diffusers (see the module doc).
+
+    timesteps: a tuned grid (`dpms tune-grid`) for dpms's loops; diffusers keeps its own grid of the same NFE
+    (a grid changes which times are evaluated, not what a step costs)."""
     if dtype not in DTYPES:
         raise DpmsError(f"unknown --dtype {dtype!r}; use fp32, fp16 or bf16")
     if repeats < 1:
@@ -248,7 +252,7 @@ def measure_speed(
     target = load_target(model, checkpoint, device, dtype, channels_last=channels_last, compile=compile,
                          cuda_graphs=cuda_graphs, random_weights=random_weights)
     schedule, shape, x_dtype = target.schedule, target.shape, target.sample_dtype
-    sampler.validate(solver, schedule, nfe=nfe)  # impossible NFE: one line, before any work
+    sampler.validate(solver, schedule, nfe=nfe, timesteps=timesteps)  # impossible NFE: one line, before any work
 
     def inputs(b: int) -> Tensor:
         g = torch.Generator().manual_seed(0)
@@ -286,17 +290,17 @@ def measure_speed(
     info = {}
 
     def loop():
-        _, info["sample"] = sampler.sample(noise_fn, schedule, x_T, solver=solver, nfe=nfe, return_info=True)
+        _, info["sample"] = sampler.sample(noise_fn, schedule, x_T, solver=solver, nfe=nfe, timesteps=timesteps, return_info=True)
 
     null_network = lambda x, t, **kwargs: eps_null  # noqa: E731
     null_noise_fn = target.make_noise_fn(y, net=null_network)  # the same wrapper around it
 
     def null_loop():
-        sampler.sample(null_noise_fn, schedule, x_T, solver=solver, nfe=nfe)
+        sampler.sample(null_noise_fn, schedule, x_T, solver=solver, nfe=nfe, timesteps=timesteps)
 
     runners = {"forward": forward, "dpms": loop, "null_dpms": null_loop}
     scheduler_name = None
-    note = []
+    note = ["dpms runs the tuned grid of --timesteps; diffusers its own grid of the same NFE"] if timesteps is not None else []
     if diffusers and solver in DIFFUSERS_EQUIVALENT:
         try:
             run, scheduler_name, count_calls = _diffusers_loop(solver, schedule, network, nfe, dev, target.time_input)

@@ -27,7 +27,9 @@ from .. import sampler
 from ..errors import DpmsError
 from ..sampler.registry import SolverSpec, get_solver
 from ..version import __version__
-from .config import BenchConfig, SolverEntry, TEndRule
+from ..sampler.tuning import load_grid
+from .config import BenchConfig, SolverEntry, TEndRule, resolve_path
+from .grids import check_tune, grid_for, tune_settings
 
 PACKAGE = Path(__file__).resolve().parents[1]
 # The code that produces a cell's number, found by following dpms's imports (module-level and inside
@@ -54,6 +56,8 @@ class Cell:
     key: str = ""
     paper: float | None = None
     paper_column: int | None = None  # for adaptive cells: the paper's NFE
+    timesteps: list[float] | None = None  # a tuned grid from a file (dpms/bench/grids.py)
+    tune: dict | None = None  # a grid tuned when the cell first runs: its settings
 
     @property
     def label(self) -> str:
@@ -166,7 +170,9 @@ def plan_cells(config: BenchConfig, schedule) -> tuple[list[Cell], list[Skipped]
             except DpmsError as e:
                 skipped.append(Skipped(entry.label, entry.name, column, str(e)))
                 continue
-            cells.append(Cell(entry, spec, column, nfe, skip, t_end, paper=entry.paper.get(column), paper_column=column))
+            cell = Cell(entry, spec, column, nfe, skip, t_end, paper=entry.paper.get(column), paper_column=column)
+            _set_tuned_grid(cell, config, where)
+            cells.append(cell)
     _check_distinct_cells(cells, where)
     if not cells:
         reasons = "; ".join(f"{s.label} {config.axis} {s.column}: {s.reason}" for s in skipped[:3])
@@ -174,12 +180,28 @@ def plan_cells(config: BenchConfig, schedule) -> tuple[list[Cell], list[Skipped]
     return cells, skipped
 
 
+def _set_tuned_grid(cell: Cell, config: BenchConfig, where: str) -> None:
+    """A cell with a tuned grid: a file's times (checked against model, solver, NFE) or the tuning's settings."""
+    spec = grid_for(cell.entry.grids, cell.nfe)
+    if spec is None:
+        return
+    here = f"{where}: solvers {cell.label!r} NFE {cell.nfe}"
+    if isinstance(spec, str):
+        grid = load_grid(resolve_path(spec, config), config.model.preset, cell.spec.name, cell.nfe, f"{here} grid {spec}")
+        cell.timesteps, cell.t_end, cell.skip = grid.timesteps, grid.timesteps[-1], f"tuned ({grid.method}, file)"
+        return
+    check_tune(cell.spec.name, cell.nfe, spec, here)
+    cell.tune = tune_settings(spec, config.seed)
+    cell.skip = f"tuned ({spec['tune']})"
+
+
 def _check_distinct_cells(cells: list[Cell], where: str) -> None:
     """Entries whose settings differ only where a default fills in (skip: null vs the solver's default
     grid, t_end rules that agree at some NFE) still give one cell under two labels: refuse."""
     seen: dict[tuple, Cell] = {}
     for cell in cells:
-        same = (cell.spec.name, json.dumps(cell.entry.options, sort_keys=True, default=str), cell.nfe, cell.skip, cell.t_end)
+        same = (cell.spec.name, json.dumps(cell.entry.options, sort_keys=True, default=str), cell.nfe, cell.skip, cell.t_end,
+                json.dumps(cell.timesteps if cell.tune is None else cell.tune, sort_keys=True))
         other = seen.setdefault(same, cell)
         if other is not cell:
             what = "adaptive" if cell.adaptive else f"NFE {cell.nfe}"
@@ -292,6 +314,8 @@ def _assign_key(cell: Cell, config: BenchConfig, identity: dict) -> None:
         "seed": config.seed,
         "adaptive_batch": config.adaptive_batch if cell.adaptive else None,
     }
+    if cell.timesteps is not None or cell.tune is not None:  # only then: the keys of default-grid cells stay as they were
+        cell.settings["grid"] = cell.timesteps if cell.timesteps is not None else cell.tune
     blob = json.dumps(cell.settings, sort_keys=True, default=str).encode()
     tag = "adaptive" if cell.adaptive else f"nfe{cell.nfe}"
     cell.key = f"{cell.spec.name}-{tag}-{hashlib.sha256(blob).hexdigest()[:16]}"

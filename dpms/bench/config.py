@@ -22,7 +22,8 @@ published number of every cell it reproduces::
                                                         #   converged ODE solution (dpms.bench.ode_reference)
 
 A solver entry takes `name`, optional `label` (the table row; default the name), `skip`, `t_end`,
-`paper` ({column: number}), `confidence`, `note`, and `nfe` or `steps` (whichever the config uses: the
+`paper` ({column: number}), `confidence`, `note`, `grid` (a tuned time grid: a file of `dpms tune-grid`
+or `tune: gits|dmn`, per NFE or for all; see dpms/bench/grids.py), and `nfe` or `steps` (whichever the config uses: the
 subset of its columns this entry runs, for a grid that cannot place every column); every other key is a
 solver option (`order_plan`,
 `rtol`, ...) and is checked against the solver's signature. `solvers: default` is every solver the
@@ -45,6 +46,7 @@ from ..evaluation.kinds import FEATURE_KINDS
 from ..models.checkpoints import get_preset
 from ..sampler.noise import MAX_SAMPLES, MAX_SEED
 from ..sampler.registry import default_grid
+from .grids import grid_to_data, parse_grid
 from .ode_reference import parse_ode_error
 
 CONFIDENCE = ("paper", "secondary-high", "secondary", "secondary-low", "none")  # the reference's labels
@@ -54,7 +56,7 @@ TOP_KEYS = {
     "solvers", "sample_grid", "out",
 }
 MODEL_KEYS = {"preset", "checkpoint", "classifier", "guidance_scale", "dtype"}
-SOLVER_KEYS = {"name", "label", "skip", "t_end", "paper", "confidence", "note", "nfe", "steps"}
+SOLVER_KEYS = {"name", "label", "skip", "t_end", "paper", "confidence", "note", "nfe", "steps", "grid"}
 GRID_KEYS = {"nfe", "count"}
 # A Fréchet distance needs a covariance, hence at least 2 samples; sample indices and seeds stay in the
 # ranges where the noise streams of `dpms.sampler.noise` are disjoint.
@@ -83,6 +85,7 @@ class SolverEntry:
     confidence: str | None = None  # None: the config's
     note: str | None = None
     columns: list[int] | None = None  # the config's columns this entry runs (None: all of them)
+    grids: dict = field(default_factory=dict)  # tuned grids: {NFE, or None for every column: a grid file or tune settings}
 
 
 @dataclass
@@ -148,6 +151,8 @@ def _solver_to_data(s: SolverEntry) -> dict:
         out["columns"] = list(s.columns)
     if s.paper:
         out["paper"] = dict(s.paper)
+    if s.grids:
+        out["grid"] = grid_to_data(s.grids)
     return out
 
 
@@ -255,6 +260,7 @@ def _solver_entry(raw, k: int, r: _Reader) -> SolverEntry:
         confidence=r.confidence(raw.get("confidence"), f"solvers[{k}].confidence"),
         note=raw.get("note"),
         columns=_entry_columns(raw, k, r),
+        grids=parse_grid(raw.get("grid"), f"{r.where}: solvers[{k}].grid"),
     )
 
 
@@ -349,7 +355,8 @@ def parse_config(data: dict, where: str = "config", path: Path | None = None) ->
 def _entry_settings(entry: SolverEntry, config: BenchConfig) -> str:
     """What an entry's cells are keyed by apart from the NFE and the config-wide settings."""
     t_end = entry.t_end if entry.t_end is not None else config.t_end
-    settings = {"name": entry.name, "options": entry.options, "skip": entry.skip or config.skip, "t_end": _t_end_to_data(t_end)}
+    settings = {"name": entry.name, "options": entry.options, "skip": entry.skip or config.skip, "t_end": _t_end_to_data(t_end),
+                "grid": grid_to_data(entry.grids)}
     return json.dumps(settings, sort_keys=True, default=str)
 
 

@@ -250,10 +250,11 @@ def _features(prep: Prepared, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         return prep.metric.features.from_uint8(u8), u8
 
 
-def _draw(prep: Prepared, cell: Cell, idx: list[int], world: World):
-    """Samples `idx` of a cell (`Target.draw`: the same samples whatever the batch or process)."""
-    return prep.target.draw(idx, prep.config.seed, world.device, cell.spec.name, cell.nfe, skip=cell.skip, t_end=cell.t_end,
-                            **cell.entry.options)
+def _draw(prep: Prepared, cell: Cell, idx: list[int], world: World, timesteps: list[float] | None):
+    """Samples `idx` of a cell (`Target.draw`: the same samples whatever the batch or process), on its tuned
+    grid `timesteps` (`cell_timesteps`) or, when None, the solver's own grid from skip and t_end."""
+    grid = {"timesteps": timesteps} if timesteps is not None else {"skip": cell.skip, "t_end": cell.t_end}
+    return prep.target.draw(idx, prep.config.seed, world.device, cell.spec.name, cell.nfe, **grid, **cell.entry.options)
 
 
 def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_images: bool, keep_grid: bool,
@@ -269,10 +270,11 @@ def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_image
     count = config.sample_grid["count"] if keep_grid else 0
     seconds = sampling_seconds = 0.0  # ode_error is measurement, not sampling: not timed
     diverged = None  # the NaN/inf message of the first batch that diverged: the cell is recorded as diverged
+    timesteps = cell_timesteps(prep, cell, world, out_dir)
     for idx in shard(cell, config, world):
         start = time.perf_counter()
         try:
-            x, info, _, _ = _draw(prep, cell, idx, world)
+            x, info, _, _ = _draw(prep, cell, idx, world, timesteps)
         except NonFiniteError as e:
             diverged = f"samples {idx[0]}..{idx[-1]}: {e}"
             break
@@ -309,18 +311,20 @@ def run_cell(prep: Prepared, cell: Cell, world: World, out_dir: Path, save_image
     return record
 
 
-def measure_ode_error(prep: Prepared, cell: Cell, record: dict, world: World, references: dict, on_batch=None) -> dict | None:
+def measure_ode_error(prep: Prepared, cell: Cell, record: dict, world: World, references: dict, out_dir: Path,
+                      on_batch=None) -> dict | None:
     """A finished cell's record with its ode_error measured now (rank 0; None elsewhere): its first samples are
     drawn again — the same samples, up to round-off, since each comes from its own generators — and compared
     with the reference. Its FD and everything else stay as they were."""
     reference = references[cell.t_end]
+    timesteps = cell_timesteps(prep, cell, world, out_dir)  # a tuned grid is read back from OUT/grids/
     err_sum = err_sq = 0.0
     for idx in shard(cell, prep.config, world):
         if idx[0] >= prep.ode_error.num:
             continue
         if not cell.adaptive:  # an adaptive group is drawn whole: its samples share one step size
             idx = [i for i in idx if i < prep.ode_error.num]
-        errors = ode_reference.distances(_draw(prep, cell, idx, world).x, idx, reference)
+        errors = ode_reference.distances(_draw(prep, cell, idx, world, timesteps).x, idx, reference)
         err_sum, err_sq = err_sum + float(errors.sum()), err_sq + float((errors**2).sum())
         if on_batch is not None:
             on_batch(len(idx))
@@ -328,6 +332,20 @@ def measure_ode_error(prep: Prepared, cell: Cell, record: dict, world: World, re
     if parts is None:
         return None
     return {**record, **ode_reference.record_fields(prep.ode_error, reference, *map(sum, zip(*parts)))}
+
+
+def cell_timesteps(prep: Prepared, cell: Cell, world: World, out_dir: Path) -> list[float] | None:
+    """The cell's tuned grid (a file's; or a `tune:` grid, tuned on rank 0 or loaded from OUT/grids/, and
+    sent to every rank), None for the solver's own grid from skip and t_end (dpms/bench/grids.py)."""
+    if cell.tune is None:
+        return cell.timesteps
+    from .grids import tuned_timesteps
+
+    key = {"numerics": cell.settings["numerics"], "model": cell.settings["model"], "solver": cell.spec.name, "nfe": cell.nfe,
+           "t_end": cell.t_end, "options": cell.settings["options"], "tune": cell.tune}
+    mine = tuned_timesteps(prep.target, cell.spec.name, cell.nfe, cell.t_end, cell.entry.options, cell.tune, key, out_dir) \
+        if world.is_main else None
+    return world.broadcast(mine)
 
 
 def _save_pngs(u8: torch.Tensor, idx: list[int], folder: Path) -> None:
@@ -417,7 +435,7 @@ def run_cells(prep: Prepared, out_dir: Path, world: World, save_images: bool = F
     with _progress(console, world, len(measure) + len(todo), config.num) as progress:
         for n, cell in enumerate(measure, 1):  # finished cells without this ode_error: only that is measured
             progress.start_cell(n, cell, prep.ode_error.num, "ode_error of ")
-            record = measure_ode_error(prep, cell, records[cell.key], world, references, progress.advance)
+            record = measure_ode_error(prep, cell, records[cell.key], world, references, out_dir, progress.advance)
             _keep(prep, out_dir, records, record, world)
             progress.finish_cell(record)
         for n, cell in enumerate(todo, len(measure) + 1):
