@@ -35,7 +35,7 @@ def test_dequantisation_fills_each_grey_level_bin_and_keeps_its_mean():
     assert torch.equal(level(noisy), level(x))
 
 
-def test_the_default_recipe_trains_on_the_train_split_dequantised_with_cosine_decay(monkeypatch):
+def test_issue_17_recipe_trains_on_the_train_split_dequantised_with_cosine_decay(monkeypatch):
     seen = {}
 
     def fake_train(model, images, schedule, **kwargs):
@@ -45,12 +45,12 @@ def test_the_default_recipe_trains_on_the_train_split_dequantised_with_cosine_de
         return TrainResult(ema_state_dict={}, losses=[1.0])
 
     monkeypatch.setattr("dpms.digits.training.train_noise_predictor", fake_train)
-    _, settings = digits.train_digits_ddpm(steps=1, progress=False)
+    _, settings = digits.train_digits_ddpm(steps=1, progress=False, held_out=True, dequantised=True, lr_decay="cosine")
     train, held_out = digits.digits_split()
     assert torch.equal(seen["images"], digits.load_digits_images()[train])
     assert seen["kwargs"]["lr_decay"] == "cosine" and seen["kwargs"]["data_transform"] is digits.dequantise
     assert "360 held out" in settings["data"] and "dequantised" in settings["data"]
-    _, first = digits.train_digits_ddpm(steps=1, progress=False, held_out=False, dequantised=False, lr_decay="constant")
+    _, first = digits.train_digits_ddpm(steps=1, progress=False)  # the defaults: the shipped weights' recipe
     assert seen["images"].shape[0] == 1797 and seen["kwargs"]["data_transform"] is None
     assert seen["kwargs"]["lr_decay"] == "constant" and "not dequantised" in first["data"]
 
