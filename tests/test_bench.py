@@ -325,7 +325,7 @@ def test_ci_guard_exact_model_matches_the_recorded_baseline(tmp_path, capsys):
                  "--nfe", "6,12,20", "--out", str(tmp_path), "--check", str(baseline), "--rel-tol", "1e-6"])
     printed = capsys.readouterr().out
     assert code == 0, printed[-3000:]
-    assert "check passed: 39 cells compared" in printed
+    assert "check passed: 66 cells compared" in printed
     moved = json.loads(baseline.read_text())
     next(c for c in moved["cells"] if c["label"] == "dpm3" and c["nfe"] == 12)["ode_error"] *= 1.001
     (tmp_path / "moved.json").write_text(json.dumps(moved))
