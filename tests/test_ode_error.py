@@ -225,7 +225,7 @@ def test_flags_turn_ode_error_on_and_off(tmp_path, capsys):
     plain = load_config(write_config(tmp_path, GMM))
     assert plain.ode_error is None and apply_overrides(plain, Overrides(ode_error=True)).ode_error == {}
     assert apply_overrides(plain, Overrides(model="gmm")).ode_error is None  # same model: the config decides
-    assert load_config(REPO / "configs" / "digits.yaml").ode_error == {} and load_config(REPO / "configs" / "gmm.yaml").ode_error == {}
+    assert load_config(REPO / "configs" / "digits.yaml").ode_error == {"num": 200} and load_config(REPO / "configs" / "gmm.yaml").ode_error == {}
     args = ["bench", "--config", str(write_config(tmp_path, GMM)), "--solvers", "ddim", "--nfe", "6", "--out", str(tmp_path / "o")]
     assert main([*args, "--ode-error"]) == 0
     assert json.loads((tmp_path / "o" / "results.json").read_text())["cells"][0]["ode_error"] > 0
