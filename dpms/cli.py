@@ -321,7 +321,7 @@ def train_digits_command(
     out: Optional[Path] = typer.Option(None, help="output folder (default: checkpoints/digits)"),
     threads: int = typer.Option(2, help="torch CPU threads (the shipped weights were made with 2; results depend on it)"),
     held_out: bool = typer.Option(False, "--held-out/--all-digits", help="train on the 1,437 train-split digits or on all 1,797 (default, as the shipped weights)"),
-    dequantised: bool = typer.Option(False, "--dequantise/--no-dequantise", help="spread each pixel over its grey level's bin in every batch (default off, as the shipped weights)"),
+    dequantise: str = typer.Option("none", help="spread each pixel around its grey level in every batch: none (default, as the shipped weights), uniform (over its bin) or gaussian (std a quarter bin)"),
     lr: float = typer.Option(2e-4, help="peak learning rate (AdamW), reached after 500 warm-up steps"),
     lr_decay: str = typer.Option("constant", help="learning rate after warm-up: constant (default, as the shipped weights) or cosine (to 0)"),
     snapshot_every: int = typer.Option(0, help="also write the EMA weights every N steps to OUT/snapshots/ (0: never)"),
@@ -344,10 +344,14 @@ def train_digits_command(
         return
     from .training.diffusion import LR_DECAYS
 
+    from .digits import DEQUANTISATIONS
+
+    if dequantise not in DEQUANTISATIONS:
+        raise DpmsError(f"--dequantise must be one of {', '.join(DEQUANTISATIONS)}, got {dequantise!r}")
     if lr_decay not in LR_DECAYS:
         raise DpmsError(f"--lr-decay must be one of {', '.join(LR_DECAYS)}, got {lr_decay!r}")
     card = reproduce_digits_ddpm(steps=steps, seed=seed, directory=out, console=console, check_samples=check_samples,
-                                 snapshot_every=snapshot_every, held_out=held_out, dequantised=dequantised, lr=lr,
+                                 snapshot_every=snapshot_every, held_out=held_out, dequantisation=dequantise, lr=lr,
                                  lr_decay=lr_decay)
     check = card[f"check_ddim50_{check_samples}_samples"]
     console.print(f"final loss {card['final_loss_last_500_steps']:.4f}, {card['wall_time_s']:.0f} s; "

@@ -35,6 +35,17 @@ def test_dequantisation_fills_each_grey_level_bin_and_keeps_its_mean():
     assert torch.equal(level(noisy), level(x))
 
 
+def test_gaussian_dequantisation_has_a_quarter_bin_spread_and_no_edge():
+    x = digits.load_digits_images()[:200].repeat(20, 1, 1, 1)
+    offset = digits.dequantise(x, torch.Generator().manual_seed(0), kind="gaussian") - x
+    assert offset.mean().abs() < 2e-3
+    assert offset.std().item() == pytest.approx(digits.GREY_LEVEL_SPACING / 4, rel=0.02)
+    assert offset.abs().max() > digits.GREY_LEVEL_SPACING  # unbounded: no wall at the bin's edge
+    assert torch.equal(digits.dequantise(x, torch.Generator(), kind="none"), x)
+    with pytest.raises(ValueError, match="none, uniform, gaussian"):
+        digits.dequantise(x, torch.Generator(), kind="triangular")
+
+
 def test_issue_17_recipe_trains_on_the_train_split_dequantised_with_cosine_decay(monkeypatch):
     seen = {}
 
@@ -45,10 +56,11 @@ def test_issue_17_recipe_trains_on_the_train_split_dequantised_with_cosine_decay
         return TrainResult(ema_state_dict={}, losses=[1.0])
 
     monkeypatch.setattr("dpms.digits.training.train_noise_predictor", fake_train)
-    _, settings = digits.train_digits_ddpm(steps=1, progress=False, held_out=True, dequantised=True, lr_decay="cosine")
+    _, settings = digits.train_digits_ddpm(steps=1, progress=False, held_out=True, dequantisation="uniform", lr_decay="cosine")
     train, held_out = digits.digits_split()
     assert torch.equal(seen["images"], digits.load_digits_images()[train])
-    assert seen["kwargs"]["lr_decay"] == "cosine" and seen["kwargs"]["data_transform"] is digits.dequantise
+    transform = seen["kwargs"]["data_transform"]
+    assert seen["kwargs"]["lr_decay"] == "cosine" and transform.func is digits.dequantise and transform.keywords == {"kind": "uniform"}
     assert "360 held out" in settings["data"] and "dequantised" in settings["data"]
     _, first = digits.train_digits_ddpm(steps=1, progress=False)  # the defaults: the shipped weights' recipe
     assert seen["images"].shape[0] == 1797 and seen["kwargs"]["data_transform"] is None

@@ -399,6 +399,8 @@ def test_float_sample_files_are_accepted_as_the_help_promises(tmp_path, capsys):
     (["bench", "--threads", "0", "--config", "configs/gmm.yaml"], "--threads must be a positive number"),
     (["speed", "--threads", "0", "--model", "gmm"], "--threads must be a positive number"),
     (["train", "digits", "--steps", "0"], "--steps must be at least 1"),
+    (["train", "digits", "--dequantise", "triangular"], "--dequantise must be one of none, uniform, gaussian"),
+    (["train", "digits", "--lr-decay", "linear"], "--lr-decay must be one of"),
     (["train", "digits-classifier", "--epochs", "0"], "--epochs must be at least 1"),
 ])
 def test_common_mistakes_are_one_line(args, match, tmp_path, capsys):

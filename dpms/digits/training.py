@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from torch import Tensor
 from ..errors import DpmsError
 from ..training import train_noise_predictor
 from .classifier import FEATURE_DIM, DigitsClassifier, augment, classifier_accuracy, feature_statistics, load_digits_classifier
-from .data import (CLASSIFIER_FILE, DDPM_FILE, DIGITS_DIR, HELD_OUT_SIZE, SAMPLES_FILE, SPLIT_SEED, STATS_FILE, dequantise,
+from .data import (CLASSIFIER_FILE, DDPM_FILE, DEQUANTISATIONS, DIGITS_DIR, HELD_OUT_SIZE, SAMPLES_FILE, SPLIT_SEED, STATS_FILE, dequantise,
                    digits_split, load_digits_images, load_digits_labels, sha256_of)
 from .model import DIGITS_DDPM_CONFIG, DIGITS_SCHEDULE_SPEC, build_digits_ddpm, digits_schedule, load_digits_ddpm
 from .sampling import evaluate_digits_samples, nearest_neighbour_statistics, ode_range_statistics, sample_digits, save_sample_grid
@@ -97,7 +98,7 @@ def train_digits_ddpm(
     warmup_steps: int = 500,
     ema_decay: float = 0.999,
     lr_decay: str = "constant",
-    dequantised: bool = False,
+    dequantisation: str = "none",
     held_out: bool = False,
     images: Tensor | None = None,
     progress: bool = True,
@@ -110,7 +111,7 @@ def train_digits_ddpm(
     The defaults are the recipe of the shipped weights (all 1,797 digits, 17 grey levels as they are, linear
     warm-up then a constant rate, EMA). Issue 17's recipe is the options: `held_out=True` trains on the 1,437
     digits of the fixed train split only (the 360 others stay unseen, so samples can be checked for
-    memorisation against them), `dequantised=True` applies `dequantise` to every batch, `lr_decay="cosine"`
+    memorisation against them), `dequantisation` ("uniform" | "gaussian") applies `dequantise` to every batch, `lr_decay="cosine"`
     decays the rate to 0. `images` replaces the data.
     """
     torch.manual_seed(seed)  # initialisation and dropout
@@ -123,8 +124,12 @@ def train_digits_ddpm(
         what = f"sklearn load_digits, all {images.shape[0]} images"
     else:
         what = f"{images.shape[0]} given images"
-    data = (f"{what}, in [-1,1]; " + ("dequantised: + U(-1/16, 1/16) per pixel per batch (one grey level's width, centred)"
-                                      if dequantised else "not dequantised") + "; no other augmentation")
+    if dequantisation not in DEQUANTISATIONS:
+        raise ValueError(f"dequantisation must be one of {', '.join(DEQUANTISATIONS)}, got {dequantisation!r}")
+    spread = {"none": "not dequantised",
+              "uniform": "dequantised: + U(-1/16, 1/16) per pixel per batch (one grey level's width, centred)",
+              "gaussian": "dequantised: + N(0, (1/32)^2) per pixel per batch (a quarter of one grey level's width)"}
+    data = f"{what}, in [-1,1]; {spread[dequantisation]}; no other augmentation"
     schedule_text = {"cosine": f"linear warm-up over {warmup_steps} steps, then cosine decay to 0 at step {steps}",
                      "constant": "linear warm-up then constant"}.get(lr_decay, lr_decay)
     settings = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
@@ -132,7 +137,7 @@ def train_digits_ddpm(
                 "ema_decay": ema_decay, "loss": "L_simple: mean squared error of the eps prediction", "data": data}
     result = train_noise_predictor(model, images, digits_schedule(), steps=steps, batch_size=batch_size, lr=lr,
                                    warmup_steps=warmup_steps, ema_decay=ema_decay, lr_decay=lr_decay,
-                                   data_transform=dequantise if dequantised else None, seed=seed, progress=progress,
+                                   data_transform=None if dequantisation == "none" else partial(dequantise, kind=dequantisation), seed=seed, progress=progress,
                                    log_every=log_every, snapshot=snapshot, console=console)
     return result, settings
 
@@ -172,7 +177,7 @@ def reproduce_digits_ddpm(steps: int = 6000, seed: int = 0, directory: Path | No
     samples_ddim50.png. Prints, and records in the card, the training's seconds per step and wall time and
     the whole command's wall time (training, writing and the check). With `snapshot_every` > 0 the EMA
     weights are also written every that many steps to DIRECTORY/snapshots/step<N>.pt, to inspect a run.
-    `recipe` goes to `train_digits_ddpm` (held_out, dequantised, lr_decay).
+    `recipe` goes to `train_digits_ddpm` (held_out, dequantisation, lr, lr_decay).
     """
     start = time.perf_counter()
     console = console or Console()
