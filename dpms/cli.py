@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from .errors import DpmsError, strip_ansi
 from .evaluation.kinds import FEATURE_KINDS
+from .digits.data import SHIPPED_RECIPE
 from .machine import THREADS_HELP, check_device, set_threads
 
 # `dpms bench --check`'s default relative tolerance: ten times the largest round-off measured between batch sizes
@@ -316,20 +317,22 @@ def _positive(**values: int) -> None:
 
 @train_app.command("digits")
 def train_digits_command(
-    steps: int = typer.Option(6000, help="optimizer steps (batch 128)"),
+    steps: int = typer.Option(SHIPPED_RECIPE["steps"], help="optimizer steps (batch 128)"),
     seed: int = typer.Option(0, help="seeds initialisation, dropout, data order, dequantisation, steps n and noise"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: checkpoints/digits)"),
-    threads: int = typer.Option(2, help="torch CPU threads (the shipped weights were made with 2; results depend on it)"),
-    held_out: bool = typer.Option(False, "--held-out/--all-digits", help="train on the 1,437 train-split digits or on all 1,797 (default, as the shipped weights)"),
-    dequantise: str = typer.Option("none", help="spread each pixel around its grey level in every batch: none (default, as the shipped weights), uniform (over its bin) or gaussian (std a quarter bin)"),
-    lr: float = typer.Option(2e-4, help="peak learning rate (AdamW), reached after 500 warm-up steps"),
-    lr_decay: str = typer.Option("constant", help="learning rate after warm-up: constant (default, as the shipped weights) or cosine (to 0)"),
+    threads: int = typer.Option(SHIPPED_RECIPE["threads"], help="torch CPU threads (the shipped weights were made with 1; the float result depends on it)"),
+    held_out: bool = typer.Option(SHIPPED_RECIPE["held_out"], "--held-out/--all-digits", help="train on the 1,437 train-split digits (default, as the shipped weights; the 360 others stay unseen) or on all 1,797"),
+    dequantise: str = typer.Option(SHIPPED_RECIPE["dequantisation"], help="spread each pixel around its grey level in every batch: none, uniform (over its bin) or gaussian (std a quarter bin)"),
+    lr: float = typer.Option(SHIPPED_RECIPE["lr"], help="peak learning rate (AdamW), reached after 500 warm-up steps"),
+    lr_decay: str = typer.Option(SHIPPED_RECIPE["lr_decay"], help="learning rate after warm-up: constant or cosine (to 0 at the last step)"),
     snapshot_every: int = typer.Option(0, help="also write the EMA weights every N steps to OUT/snapshots/ (0: never)"),
     check_only: bool = typer.Option(False, "--check-only", metavar="", help="no training: redo the card's sample check of the weights in --out"),
     check_samples: int = typer.Option(500, help="DDIM-50 samples of the card's check"),
     force: bool = typer.Option(False, "--force", metavar="", help="replace weights already in --out (by default the shipped ones are kept)"),
 ) -> None:
-    """Train the digits DDPM (ε-prediction, L_simple), write the EMA weights, card and a DDIM-50 sample grid."""
+    """Train the digits DDPM (ε-prediction, L_simple), write the EMA weights, card and a DDIM-50 sample grid.
+
+    The defaults reproduce the shipped weights (checkpoints/digits/digits_ddpm.json records the recipe)."""
     from .digits import DDPM_FILE, DIGITS_DIR, check_digits_ddpm, reproduce_digits_ddpm
     from .outputs import refuse_to_replace
 

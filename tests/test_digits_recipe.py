@@ -62,9 +62,33 @@ def test_issue_17_recipe_trains_on_the_train_split_dequantised_with_cosine_decay
     transform = seen["kwargs"]["data_transform"]
     assert seen["kwargs"]["lr_decay"] == "cosine" and transform.func is digits.dequantise and transform.keywords == {"kind": "uniform"}
     assert "360 held out" in settings["data"] and "dequantised" in settings["data"]
-    _, first = digits.train_digits_ddpm(steps=1, progress=False)  # the defaults: the shipped weights' recipe
+    _, first = digits.train_digits_ddpm(steps=1, progress=False, held_out=False, dequantisation="none", lr_decay="constant")
     assert seen["images"].shape[0] == 1797 and seen["kwargs"]["data_transform"] is None
     assert seen["kwargs"]["lr_decay"] == "constant" and "not dequantised" in first["data"]
+
+
+def test_defaults_everywhere_are_the_recipe_the_shipped_card_records(monkeypatch):
+    """`dpms train digits` with no options, `train_digits_ddpm()` and the card of the shipped weights agree."""
+    import inspect
+    import json
+
+    from typer.testing import CliRunner
+
+    from dpms.cli import app
+
+    recipe = digits.SHIPPED_RECIPE
+    card = json.loads((digits.DIGITS_DIR / "digits_ddpm.json").read_text())
+    assert card["steps"] == recipe["steps"] and card["lr"] == recipe["lr"] and card["torch_threads"] == recipe["threads"]
+    assert ("360 held out" in card["data"]) == recipe["held_out"]
+    assert {"none": "not dequantised", "uniform": "U(-1/16, 1/16)", "gaussian": "N(0, (1/32)^2)"}[recipe["dequantisation"]] in card["data"]
+    assert card["lr_schedule"].startswith({"cosine": "linear warm-up over 500 steps, then cosine", "constant": "linear warm-up then constant"}[recipe["lr_decay"]])
+    defaults = {name: p.default for name, p in inspect.signature(digits.train_digits_ddpm).parameters.items()}
+    assert {key: defaults[key] for key in ("steps", "held_out", "dequantisation", "lr", "lr_decay")} == {k: v for k, v in recipe.items() if k != "threads"}
+    seen = {}
+    monkeypatch.setattr("dpms.digits.reproduce_digits_ddpm", lambda **kwargs: seen.update(kwargs) or (_ for _ in ()).throw(SystemExit(0)))
+    monkeypatch.setattr("dpms.cli.set_threads", lambda n: seen.update(threads=n))
+    CliRunner().invoke(app, ["train", "digits", "--out", "/nonexistent/dpms-recipe-test"])
+    assert {key: seen[key] for key in ("steps", "held_out", "dequantisation", "lr", "lr_decay", "threads")} == recipe
 
 
 def test_dequantised_batches_reach_the_network_and_are_seeded(monkeypatch):

@@ -67,6 +67,13 @@ def require_file(path: Path, how_to_make: str) -> Path:
 
 DEQUANTISATIONS = ("none", "uniform", "gaussian")
 
+# The recipe of the shipped weights (`dpms train digits` with no options reproduces them; issue 17's choice,
+# see checkpoints/README.md): the 1,437 train-split digits (the 360 others stay unseen, for the memorisation
+# check), each pixel spread by N(0, (1/32)^2) in every batch, peak rate 6e-4 decayed by a cosine to 0 over
+# 16,000 steps, one torch thread (the float result depends on the thread count).
+SHIPPED_RECIPE = {"steps": 16000, "held_out": True, "dequantisation": "gaussian", "lr": 6e-4, "lr_decay": "cosine",
+                  "threads": 1}
+
 
 def dequantise(x0: Tensor, generator: torch.Generator, kind: str = "uniform") -> Tensor:
     """Spread each pixel around its grey level: `uniform` adds U(−s/2, s/2) with s = 2/16, the level's bin

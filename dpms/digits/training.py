@@ -19,7 +19,7 @@ from torch import Tensor
 from ..errors import DpmsError
 from ..training import train_noise_predictor
 from .classifier import FEATURE_DIM, DigitsClassifier, augment, classifier_accuracy, feature_statistics, load_digits_classifier
-from .data import (CLASSIFIER_FILE, DDPM_FILE, DEQUANTISATIONS, DIGITS_DIR, HELD_OUT_SIZE, SAMPLES_FILE, SPLIT_SEED, STATS_FILE, dequantise,
+from .data import (CLASSIFIER_FILE, DDPM_FILE, DEQUANTISATIONS, DIGITS_DIR, HELD_OUT_SIZE, SAMPLES_FILE, SHIPPED_RECIPE, SPLIT_SEED, STATS_FILE, dequantise,
                    digits_split, load_digits_images, load_digits_labels, sha256_of)
 from .model import DIGITS_DDPM_CONFIG, DIGITS_SCHEDULE_SPEC, build_digits_ddpm, digits_schedule, load_digits_ddpm
 from .sampling import evaluate_digits_samples, nearest_neighbour_statistics, ode_range_statistics, sample_digits, save_sample_grid
@@ -91,15 +91,15 @@ LOSS_WINDOW = 250  # steps per point of the card's loss curve
 
 
 def train_digits_ddpm(
-    steps: int = 6000,
+    steps: int = SHIPPED_RECIPE["steps"],
     seed: int = 0,
     batch_size: int = 128,
-    lr: float = 2e-4,
+    lr: float = SHIPPED_RECIPE["lr"],
     warmup_steps: int = 500,
     ema_decay: float = 0.999,
-    lr_decay: str = "constant",
-    dequantisation: str = "none",
-    held_out: bool = False,
+    lr_decay: str = SHIPPED_RECIPE["lr_decay"],
+    dequantisation: str = SHIPPED_RECIPE["dequantisation"],
+    held_out: bool = SHIPPED_RECIPE["held_out"],
     images: Tensor | None = None,
     progress: bool = True,
     log_every: int = 500,
@@ -108,11 +108,12 @@ def train_digits_ddpm(
 ):
     """Train the digits DDPM and return (TrainResult, settings dict).
 
-    The defaults are the recipe of the shipped weights (all 1,797 digits, 17 grey levels as they are, linear
-    warm-up then a constant rate, EMA). Issue 17's recipe is the options: `held_out=True` trains on the 1,437
+    The defaults are the recipe of the shipped weights (SHIPPED_RECIPE). `held_out=True` trains on the 1,437
     digits of the fixed train split only (the 360 others stay unseen, so samples can be checked for
-    memorisation against them), `dequantisation` ("uniform" | "gaussian") applies `dequantise` to every batch, `lr_decay="cosine"`
-    decays the rate to 0. `images` replaces the data.
+    memorisation against them), `held_out=False` on all 1,797 (the first shipped model's recipe, with
+    dequantisation "none", lr 2e-4, lr_decay "constant" and 6,000 steps); `dequantisation` ("uniform" |
+    "gaussian") applies `dequantise` to every batch; `lr_decay="cosine"` decays the rate to 0. `images`
+    replaces the data.
     """
     torch.manual_seed(seed)  # initialisation and dropout
     model = build_digits_ddpm()
@@ -167,7 +168,7 @@ def reproduce_digits_classifier(epochs: int = 30, seed: int = 0, directory: Path
     return save_digits_classifier(model, info, Path(directory or DIGITS_DIR))
 
 
-def reproduce_digits_ddpm(steps: int = 6000, seed: int = 0, directory: Path | None = None,
+def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, directory: Path | None = None,
                           console: Console | None = None, check_samples: int = 500, snapshot_every: int = 0,
                           **recipe) -> dict:
     """`dpms train digits`: train the DDPM, write the EMA weights and their card, then check the samples.
