@@ -2,10 +2,11 @@
 
 `dpms bench` (configs/digits.yaml) measures each cell on 600 samples of seed 0. This reruns the
 columns given by --nfe with other seeds (new x_T, new solver noise), each into OUT/seed<S>/ (resumable
-like any bench run), and summarises, per solver and NFE, the FD (digits features) over all seeds
-(seed 0 read from results/digits/results.json): mean, min, max; and, per NFE, how often each pair
-of solvers keeps the order it has at seed 0 (pairs whose means differ by less than the seeds'
-spread are the ones a single-seed table cannot rank).
+like any bench run), and summarises, per solver and NFE, each metric over all seeds (seed 0 read from
+results/digits/results.json): the FD (digits features) and, where the cells measured it, the ode_error
+(mean L2 distance to the model's own converged ODE solution from the same x_T): mean, min, max; and, per
+NFE, how often each pair of solvers keeps the order it has at seed 0 (pairs whose means differ by less
+than the seeds' spread are the ones a single-seed table cannot rank).
 
     python benchmarks/digits_seeds.py [--seeds 1,2] [--nfe 10,20] [--out results/digits_seeds]
 
@@ -26,10 +27,15 @@ from dpms.cli import main as dpms_main
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cells_by_label(results: Path, columns: set[str]) -> dict[tuple[str, str], float]:
-    """{(row label, column): value} of the finished, non-adaptive cells of a bench results.json."""
+METRICS = {"fid": "FD (digits features)", "ode_error": "ode_error (mean L2 to the model's converged ODE solution)"}
+
+
+def cells_by_label(results: Path, columns: set[str], key: str = "fid") -> dict[tuple[str, str], float]:
+    """{(row label, column): value of `key`} of the finished, non-adaptive cells of a bench results.json that
+    measured it."""
     cells = json.loads(results.read_text())["cells"]
-    return {(c["label"], str(c["column"])): c["fid"] for c in cells if not c["adaptive"] and str(c["column"]) in columns}
+    return {(c["label"], str(c["column"])): c[key] for c in cells
+            if not c["adaptive"] and str(c["column"]) in columns and c.get(key) is not None}
 
 
 def summarise(runs: dict[int, dict[tuple[str, str], float]], columns: list[str]) -> dict:
@@ -53,9 +59,9 @@ def summarise(runs: dict[int, dict[tuple[str, str], float]], columns: list[str])
     return {"seeds": sorted(runs), "rows": rows, "pair_order": agreement}
 
 
-def markdown(summary: dict, columns: list[str]) -> str:
+def markdown(summary: dict, columns: list[str], what: str = METRICS["fid"], heading: str = "#") -> str:
     seeds = ", ".join(map(str, summary["seeds"]))
-    lines = [f"# Digits: FD (digits features) over seeds {seeds} (600 samples per cell and seed)", "",
+    lines = [f"{heading} Digits: {what} over seeds {seeds}", "",
              "Each cell: mean [min – max] over the seeds. Made by `python benchmarks/digits_seeds.py`.", "",
              "| solver | " + " | ".join(f"NFE {c}" for c in columns) + " |", "|---|" + "---|" * len(columns)]
     labels = list(dict.fromkeys(r["label"] for r in summary["rows"].values()))
@@ -63,7 +69,7 @@ def markdown(summary: dict, columns: list[str]) -> str:
         cells = []
         for c in columns:
             r = summary["rows"].get(f"{label}@{c}")
-            cells.append(f"{r['mean']:.2f} [{r['min']:.2f} – {r['max']:.2f}]" if r else "n/a")
+            cells.append(f"{r['mean']:.3g} [{r['min']:.3g} – {r['max']:.3g}]" if r else "n/a")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Pairs of solvers that keep seed 0's order at every seed:", ""]
     for c, a in summary["pair_order"].items():
@@ -78,19 +84,27 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "results" / "digits_seeds")
     args = parser.parse_args()
     columns = [c.strip() for c in args.nfe.split(",")]
-    runs = {0: cells_by_label(REPO / "results" / "digits" / "results.json", set(columns))}
+    results = {0: REPO / "results" / "digits" / "results.json"}
     for seed in (int(s) for s in args.seeds.split(",")):
         out = args.out / f"seed{seed}"
         code = dpms_main(["bench", "--seed", str(seed), "--nfe", args.nfe, "--out", str(out)])
         if code:
             raise SystemExit(code)
-        runs[seed] = cells_by_label(out / "results.json", set(columns))
-    summary = summarise(runs, columns)
+        results[seed] = out / "results.json"
+    summary, parts = {}, []
+    for key, what in METRICS.items():
+        runs = {seed: cells_by_label(path, set(columns), key) for seed, path in results.items()}
+        if not all(runs.values()):
+            continue  # a run that did not measure this metric (ode_error off)
+        summary[key] = summarise(runs, columns)
+        parts.append(markdown(summary[key], columns, what, "##"))
     write_text(args.out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    text = markdown(summary, columns)
+    cells = json.loads(results[0].read_text())["cells"]
+    num, ode_num = max(c["num"] for c in cells), json.loads(results[0].read_text()).get("config", {}).get("ode_error")
+    text = (f"# Digits over seeds ({num} samples per cell and seed"
+            + (f"; ode_error over each cell's first {ode_num['num']}" if isinstance(ode_num, dict) else "") + ")\n\n" + "\n".join(parts))
     write_text(args.out / "summary.md", text)
     print(text)
-
 
 if __name__ == "__main__":
     main()
