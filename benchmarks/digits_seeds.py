@@ -1,6 +1,6 @@
 """How stable is the digits table? The same grid with other seeds, and the spread of each cell.
 
-`dpms bench` (configs/digits.yaml) measures each cell on 600 samples of seed 0. This reruns the
+`dpms bench` (configs/digits.yaml) measures each cell on the samples of seed 0 its `num` sets. This reruns the
 columns given by --nfe with other seeds (new x_T, new solver noise), each into OUT/seed<S>/ (resumable
 like any bench run), and summarises, per solver and NFE, each metric over all seeds (seed 0 read from
 results/digits/results.json): the FD (digits features) and, where the cells measured it, the ode_error
@@ -99,12 +99,15 @@ def main() -> None:
         summary[key] = summarise(runs, columns)
         parts.append(markdown(summary[key], columns, what, "##"))
     write_text(args.out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    cells = json.loads(results[0].read_text())["cells"]
-    num, ode_num = max(c["num"] for c in cells), json.loads(results[0].read_text()).get("config", {}).get("ode_error")
-    text = (f"# Digits over seeds ({num} samples per cell and seed"
-            + (f"; ode_error over each cell's first {ode_num['num']}" if isinstance(ode_num, dict) else "") + ")\n\n" + "\n".join(parts))
+    seed0 = json.loads(results[0].read_text())
+    ode_error = seed0.get("config", {}).get("ode_error")
+    sizes = f"{max(c['num'] for c in seed0['cells'])} samples per cell and seed"
+    if isinstance(ode_error, dict):
+        sizes += f"; ode_error over each cell's first {ode_error['num']}"
+    text = f"# Digits over seeds ({sizes})\n\n" + "\n".join(parts)
     write_text(args.out / "summary.md", text)
     print(text)
+
 
 if __name__ == "__main__":
     main()

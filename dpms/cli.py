@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .digits.data import SHIPPED_RECIPE
 from .errors import DpmsError, strip_ansi
 from .evaluation.kinds import FEATURE_KINDS
-from .digits.data import SHIPPED_RECIPE
 from .machine import THREADS_HELP, check_device, set_threads
 
 # `dpms bench --check`'s default relative tolerance: ten times the largest round-off measured between batch sizes
