@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dpms import digits
-from dpms.training.diffusion import learning_rate
+from dpms.training.diffusion import learning_rate, step_probabilities
 
 
 def test_learning_rate_warms_up_then_follows_half_a_cosine_to_zero():
@@ -82,13 +82,18 @@ def test_defaults_everywhere_are_the_recipe_the_shipped_card_records(monkeypatch
     assert ("360 held out" in card["data"]) == recipe["held_out"]
     assert {"none": "not dequantised", "uniform": "U(-1/16, 1/16)", "gaussian": "N(0, (1/32)^2)"}[recipe["dequantisation"]] in card["data"]
     assert card["lr_schedule"].startswith({"cosine": "linear warm-up over 500 steps, then cosine", "constant": "linear warm-up then constant"}[recipe["lr_decay"]])
+    # cards written before lambda_share existed drew n uniformly, as its default 0 does
+    assert card.get("steps_n", "uniform over 0..999 (DDPM)").startswith("uniform over") == (recipe["lambda_share"] == 0)
+    if recipe["lambda_share"]:
+        assert f"{recipe['lambda_share']:g} x uniform in lambda" in card["steps_n"]
+    keys = ("steps", "held_out", "dequantisation", "lr", "lr_decay", "lambda_share")
     defaults = {name: p.default for name, p in inspect.signature(digits.train_digits_ddpm).parameters.items()}
-    assert {key: defaults[key] for key in ("steps", "held_out", "dequantisation", "lr", "lr_decay")} == {k: v for k, v in recipe.items() if k != "threads"}
+    assert {key: defaults[key] for key in keys} == {k: v for k, v in recipe.items() if k != "threads"}
     seen = {}
     monkeypatch.setattr("dpms.digits.reproduce_digits_ddpm", lambda **kwargs: seen.update(kwargs) or (_ for _ in ()).throw(SystemExit(0)))
     monkeypatch.setattr("dpms.cli.set_threads", lambda n: seen.update(threads=n))
     CliRunner().invoke(app, ["train", "digits", "--out", "/nonexistent/dpms-recipe-test"])
-    assert {key: seen[key] for key in ("steps", "held_out", "dequantisation", "lr", "lr_decay", "threads")} == recipe
+    assert {key: seen[key] for key in keys + ("threads",)} == recipe
 
 
 def test_dequantised_batches_reach_the_network_and_are_seeded(monkeypatch):
@@ -114,6 +119,61 @@ def test_dequantised_batches_reach_the_network_and_are_seeded(monkeypatch):
     assert torch.equal(batches[0], batches[1])
 
 
+def test_step_probabilities_mix_uniform_in_n_with_uniform_in_lambda():
+    schedule = digits.digits_schedule()
+    assert step_probabilities(schedule, 0.0) is None  # DDPM's randint: the shipped recipe's draws unchanged
+    t = torch.arange(1, schedule.N + 1, dtype=torch.float64) / schedule.N
+    lambda_ = schedule.lambda_(t)
+    in_lambda = step_probabilities(schedule, 1.0)
+    assert in_lambda.sum().item() == pytest.approx(1.0)
+    span = (lambda_[0] - lambda_[-1]).item()
+    for low, high in [(-4.0, -2.0), (0.0, 1.0), (2.5, 4.0)]:  # mass of a λ interval ∝ its length
+        inside = (lambda_ >= low) & (lambda_ < high)
+        assert in_lambda[inside].sum().item() == pytest.approx((high - low) / span, abs=0.01)
+    half = step_probabilities(schedule, 0.5)
+    assert torch.allclose(half, 0.5 / schedule.N + 0.5 * in_lambda)
+    low_noise = (schedule.sigma(t) / schedule.alpha(t)) < 0.03
+    assert half[low_noise].sum() > 8 * low_noise.double().mean()  # the point: far more of the last stretch
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="lambda_share"):
+            step_probabilities(schedule, bad)
+
+
+def test_training_draws_steps_n_from_the_mixture_and_is_seeded():
+    steps_seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, n):
+            steps_seen.append(n.clone())
+            return x * self.w
+
+    from dpms.training import train_noise_predictor
+
+    schedule = digits.digits_schedule()
+    images = digits.load_digits_images()[:128]
+    for _ in range(2):
+        train_noise_predictor(Probe(), images, schedule, steps=40, batch_size=128, warmup_steps=0, lambda_share=1.0,
+                              seed=5, progress=False)
+    first, second = torch.cat(steps_seen[:40]), torch.cat(steps_seen[40:])
+    assert torch.equal(first, second)
+    expected = step_probabilities(schedule, 1.0)
+    for cut in (10, 100, 500):  # 5,120 draws: each share within a few standard errors
+        assert (first < cut).double().mean().item() == pytest.approx(expected[:cut].sum().item(), abs=0.03)
+    assert (first < 10).double().mean() > 0.1  # uniform draws would give 1 %
+
+
+def test_lambda_share_outside_zero_to_one_is_one_line(tmp_path, capsys):
+    from dpms.cli import main
+
+    code = main(["train", "digits", "--lambda-share", "1.5", "--out", str(tmp_path)])
+    assert (code, capsys.readouterr().err) == (2, "error: --lambda-share must be between 0 and 1, got 1.5\n")
+    assert not any(tmp_path.iterdir())
+
+
 def test_loss_curve_averages_whole_windows():
     assert digits.loss_curve([1.0, 3.0, 2.0, 4.0, 9.0], window=2) == [2.0, 3.0]
 
@@ -128,3 +188,17 @@ def test_nearest_neighbour_statistics_flag_copies_of_training_digits():
     assert unseen["samples_to_held_out_split"]["median"] < 8 / 127.5
     assert unseen["samples_to_train_split"]["median"] > 1.0  # real unseen digits are not near-copies
     assert unseen["held_out_to_train_split"] == copies["held_out_to_train_split"]
+
+
+def test_range_statistics_measure_the_spill_beyond_each_end_as_the_data_spread():
+    generator = torch.Generator().manual_seed(0)
+    x = digits.load_digits_images()[:400].repeat(10, 1, 1, 1)
+    data = digits.dequantise(x, generator, kind="gaussian")
+    stats = digits.range_statistics(data)
+    # the Gaussian recipe's data: each end's half-level spread is the dequantisation's std 1/32
+    assert stats["rms_beyond_-1"] == pytest.approx(1 / 32, rel=0.02) and stats["rms_beyond_1"] == pytest.approx(1 / 32, rel=0.05)
+    assert stats["fraction_pixels_within_1.1"] > 0.999
+    wide = digits.range_statistics(x + (data - x) * 1.5)  # levels 1.5 times too wide, as a model's can be
+    assert wide["rms_beyond_-1"] == pytest.approx(1.5 / 32, rel=0.02)
+    assert wide["fraction_pixels_within_1.1"] < 0.995
+    assert digits.range_statistics(x)["rms_beyond_-1"] is None and digits.range_statistics(x)["pixel_range"] == [-1.0, 1.0]

@@ -26,7 +26,7 @@ _HOMES = {
              "STATS_FILE", "dequantise", "digits_split", "load_digits_images", "load_digits_labels", "sha256_of"),
     "features": ("FEATURE_KIND", "FEATURES_NAME", "digits_features"),
     "model": ("DIGITS_DDPM_CONFIG", "DIGITS_SCHEDULE_SPEC", "build_digits_ddpm", "digits_schedule", "load_digits_ddpm"),
-    "sampling": ("evaluate_digits_samples", "nearest_neighbour_statistics", "ode_range_statistics", "sample_digits",
+    "sampling": ("evaluate_digits_samples", "nearest_neighbour_statistics", "ode_range_statistics", "range_statistics", "sample_digits",
                  "save_sample_grid"),
     "training": ("LOSS_WINDOW", "check_digits_ddpm", "loss_curve", "reproduce_digits_classifier", "reproduce_digits_ddpm", "save_digits_classifier",
                  "save_digits_ddpm", "train_digits_classifier", "train_digits_ddpm"),

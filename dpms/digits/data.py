@@ -72,7 +72,7 @@ DEQUANTISATIONS = ("none", "uniform", "gaussian")
 # check), each pixel spread by N(0, (1/32)^2) in every batch, peak rate 6e-4 decayed by a cosine to 0 over
 # 16,000 steps, one torch thread (the float result depends on the thread count).
 SHIPPED_RECIPE = {"steps": 16000, "held_out": True, "dequantisation": "gaussian", "lr": 6e-4, "lr_decay": "cosine",
-                  "threads": 1}
+                  "lambda_share": 0.0, "threads": 1}
 
 
 def dequantise(x0: Tensor, generator: torch.Generator, kind: str = "uniform") -> Tensor:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import Tensor
 
+from ..atomic import atomic_write, atomic_write_text
 from ..errors import DpmsError
 from ..training import train_noise_predictor
 from .classifier import FEATURE_DIM, DigitsClassifier, augment, classifier_accuracy, feature_statistics, load_digits_classifier
@@ -78,12 +79,12 @@ def save_digits_classifier(model: DigitsClassifier, info: dict, directory: Path)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / CLASSIFIER_FILE
-    torch.save({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, weights)
+    atomic_write(weights, partial(torch.save, {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}))
     mu, sigma = feature_statistics(model.features, load_digits_images())
     np.savez(directory / STATS_FILE, mu=mu, sigma=sigma)
     info = {**info, "torch": torch.__version__, "python": platform.python_version(), "file": CLASSIFIER_FILE,
             "sha256": sha256_of(weights), "stats_file": STATS_FILE, "stats_sha256": sha256_of(directory / STATS_FILE)}
-    (directory / "digits_classifier.json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_text(directory / "digits_classifier.json", json.dumps(info, indent=2) + "\n")
     return info
 
 
@@ -99,6 +100,7 @@ def train_digits_ddpm(
     ema_decay: float = 0.999,
     lr_decay: str = SHIPPED_RECIPE["lr_decay"],
     dequantisation: str = SHIPPED_RECIPE["dequantisation"],
+    lambda_share: float = SHIPPED_RECIPE["lambda_share"],
     held_out: bool = SHIPPED_RECIPE["held_out"],
     images: Tensor | None = None,
     progress: bool = True,
@@ -112,8 +114,9 @@ def train_digits_ddpm(
     digits of the fixed train split only (the 360 others stay unseen, so samples can be checked for
     memorisation against them), `held_out=False` on all 1,797 (the first shipped model's recipe, with
     dequantisation "none", lr 2e-4, lr_decay "constant" and 6,000 steps); `dequantisation` ("uniform" |
-    "gaussian") applies `dequantise` to every batch; `lr_decay="cosine"` decays the rate to 0. `images`
-    replaces the data.
+    "gaussian") applies `dequantise` to every batch; `lr_decay="cosine"` decays the rate to 0;
+    `lambda_share` draws that share of the steps n uniformly in λ (`step_probabilities`). `images` replaces
+    the data.
     """
     torch.manual_seed(seed)  # initialisation and dropout
     model = build_digits_ddpm()
@@ -135,10 +138,13 @@ def train_digits_ddpm(
                      "constant": "linear warm-up then constant"}.get(lr_decay, lr_decay)
     settings = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
                 "lr_schedule": schedule_text, "optimizer": "AdamW(weight_decay=0)", "grad_clip": 1.0,
-                "ema_decay": ema_decay, "loss": "L_simple: mean squared error of the eps prediction", "data": data}
+                "ema_decay": ema_decay, "loss": "L_simple: mean squared error of the eps prediction",
+                "steps_n": ("uniform over 0..999 (DDPM)" if lambda_share == 0 else
+                            f"drawn from ({1 - lambda_share:g} x uniform in n + {lambda_share:g} x uniform in lambda) (step_probabilities)"),
+                "data": data}
     result = train_noise_predictor(model, images, digits_schedule(), steps=steps, batch_size=batch_size, lr=lr,
                                    warmup_steps=warmup_steps, ema_decay=ema_decay, lr_decay=lr_decay,
-                                   data_transform=None if dequantisation == "none" else partial(dequantise, kind=dequantisation), seed=seed, progress=progress,
+                                   lambda_share=lambda_share, data_transform=None if dequantisation == "none" else partial(dequantise, kind=dequantisation), seed=seed, progress=progress,
                                    log_every=log_every, snapshot=snapshot, console=console)
     return result, settings
 
@@ -153,10 +159,10 @@ def save_digits_ddpm(ema_state_dict: dict[str, Tensor], card: dict, directory: P
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / DDPM_FILE
-    torch.save({k: v.float().contiguous() for k, v in ema_state_dict.items()}, weights)
+    atomic_write(weights, partial(torch.save, {k: v.float().contiguous() for k, v in ema_state_dict.items()}))
     card = {**card, "file": DDPM_FILE, "sha256": sha256_of(weights),
             "parameters": sum(v.numel() for v in ema_state_dict.values())}
-    (directory / "digits_ddpm.json").write_text(json.dumps(card, indent=2) + "\n")
+    atomic_write_text(directory / "digits_ddpm.json", json.dumps(card, indent=2) + "\n")
     return card
 
 
@@ -178,7 +184,7 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
     samples_ddim50.png. Prints, and records in the card, the training's seconds per step and wall time and
     the whole command's wall time (training, writing and the check). With `snapshot_every` > 0 the EMA
     weights are also written every that many steps to DIRECTORY/snapshots/step<N>.pt, to inspect a run.
-    `recipe` goes to `train_digits_ddpm` (held_out, dequantisation, lr, lr_decay).
+    `recipe` goes to `train_digits_ddpm` (held_out, dequantisation, lr, lr_decay, lambda_share).
     """
     start = time.perf_counter()
     console = console or Console()
@@ -187,7 +193,7 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
     def snapshot(step: int, weights: dict) -> None:
         folder = directory / "snapshots"
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save(weights, folder / f"step{step}.pt")
+        atomic_write(folder / f"step{step}.pt", partial(torch.save, weights))
 
     result, settings = train_digits_ddpm(steps=steps, seed=seed, console=console, log_every=snapshot_every or 500,
                                          snapshot=snapshot if snapshot_every else None, **recipe)
@@ -203,7 +209,7 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
     card = save_digits_ddpm(result.ema_state_dict, card, directory)
     card = check_digits_ddpm(directory, card, console, check_samples=check_samples, seed=seed)
     card["total_wall_time_s"] = round(time.perf_counter() - start, 1)
-    (directory / "digits_ddpm.json").write_text(json.dumps(card, indent=2) + "\n")
+    atomic_write_text(directory / "digits_ddpm.json", json.dumps(card, indent=2) + "\n")
     console.print(f"total wall time {card['total_wall_time_s']:.1f} s (training {result.wall_time_s:.1f} s, "
                   f"sample check {card['check_wall_time_s']:.1f} s)", highlight=False)
     return card
@@ -233,13 +239,16 @@ def check_digits_ddpm(directory: Path | None = None, card: dict | None = None, c
     card[f"check_ddim50_{check_samples}_samples"] = check
     card["check_ode_range"] = ode_range_statistics(model, num_samples=range_samples, seed=seed)
     card["check_wall_time_s"] = round(time.perf_counter() - check_start, 1)
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
     console.print(f"FD (digits features) of {check_samples} DDIM-50 samples, quantised to 8 bits as dpms bench: "
                   f"{check['fd_samples_vs_real']:.3f} (unquantised {check['fd_samples_vs_real_unquantised']:.3f}; "
                   f"held-out real floor {check['fd_floor_held_out_vs_rest']:.3f})", highlight=False)
     neighbours = check["nearest_neighbours"]
     console.print(f"median nearest-neighbour distance: samples→train {neighbours['samples_to_train_split']['median']:.3f}, "
                   f"samples→held-out {neighbours['samples_to_held_out_split']['median']:.3f}, "
-                  f"held-out→train {neighbours['held_out_to_train_split']['median']:.3f}; "
-                  f"DDIM-1000 pixels within ±1.1: {card['check_ode_range']['fraction_pixels_within_1.1']:.5f}", highlight=False)
+                  f"held-out→train {neighbours['held_out_to_train_split']['median']:.3f}", highlight=False)
+    spill = card["check_ode_range"]
+    console.print(f"DDIM-1000 pixels within ±1.1: {spill['fraction_pixels_within_1.1']:.5f}; spread beyond −1 / 1 "
+                  f"(RMS; the data's Gaussian dequantisation: 0.031): {spill['rms_beyond_-1'] or 0:.4f} / {spill['rms_beyond_1'] or 0:.4f}",
+                  highlight=False)
     return card
