@@ -333,7 +333,8 @@ def train_digits_command(
 ) -> None:
     """Train the digits DDPM (ε-prediction, L_simple), write the EMA weights, card and a DDIM-50 sample grid.
 
-    The defaults reproduce the shipped weights (checkpoints/digits/digits_ddpm.json records the recipe)."""
+    The defaults reproduce the shipped weights (checkpoints/digits/digits_ddpm.json records the recipe). The run
+    writes its state to OUT/train_state.pt every 1,000 steps; the same command resumes an interrupted run."""
     from .digits import DDPM_FILE, DIGITS_DIR, check_digits_ddpm, reproduce_digits_ddpm
     from .outputs import refuse_to_replace
 

@@ -23,7 +23,7 @@ _HOMES = {
     "classifier": ("FEATURE_DIM", "DigitsClassifier", "augment", "classifier_accuracy", "feature_statistics", "gaussian",
                    "load_digits_classifier", "load_digits_stats"),
     "data": ("CLASSIFIER_FILE", "DDPM_FILE", "DEQUANTISATIONS", "DIGITS_DIR", "GREY_LEVEL_SPACING", "HELD_OUT_SIZE", "SAMPLES_FILE", "SHIPPED_RECIPE", "SPLIT_SEED",
-             "STATS_FILE", "dequantise", "digits_split", "load_digits_images", "load_digits_labels", "sha256_of"),
+             "STATS_FILE", "TRAIN_STATE_FILE", "dequantise", "digits_split", "load_digits_images", "load_digits_labels", "sha256_of"),
     "features": ("FEATURE_KIND", "FEATURES_NAME", "digits_features"),
     "model": ("DIGITS_DDPM_CONFIG", "DIGITS_SCHEDULE_SPEC", "build_digits_ddpm", "digits_schedule", "load_digits_ddpm"),
     "sampling": ("evaluate_digits_samples", "nearest_neighbour_statistics", "ode_range_statistics", "range_statistics", "sample_digits",

@@ -19,6 +19,7 @@ CLASSIFIER_FILE = "digits_classifier.pt"
 STATS_FILE = "digits_stats.npz"
 DDPM_FILE = "digits_ddpm.pt"
 SAMPLES_FILE = "samples_ddim50.png"
+TRAIN_STATE_FILE = "train_state.pt"  # an unfinished `dpms train digits` run, resumed by the same command
 
 SPLIT_SEED = 0  # numpy RandomState seed of the fixed train / held-out split of the classifier
 HELD_OUT_SIZE = 360  # ~20 % of 1797

@@ -20,7 +20,7 @@ from ..atomic import atomic_write, atomic_write_text
 from ..errors import DpmsError
 from ..training import train_noise_predictor
 from .classifier import FEATURE_DIM, DigitsClassifier, augment, classifier_accuracy, feature_statistics, load_digits_classifier
-from .data import (CLASSIFIER_FILE, DDPM_FILE, DEQUANTISATIONS, DIGITS_DIR, HELD_OUT_SIZE, SAMPLES_FILE, SHIPPED_RECIPE, SPLIT_SEED, STATS_FILE, dequantise,
+from .data import (CLASSIFIER_FILE, DDPM_FILE, DEQUANTISATIONS, DIGITS_DIR, HELD_OUT_SIZE, SAMPLES_FILE, SHIPPED_RECIPE, SPLIT_SEED, STATS_FILE, TRAIN_STATE_FILE, dequantise,
                    digits_split, load_digits_images, load_digits_labels, sha256_of)
 from .model import DIGITS_DDPM_CONFIG, DIGITS_SCHEDULE_SPEC, build_digits_ddpm, digits_schedule, load_digits_ddpm
 from .sampling import evaluate_digits_samples, nearest_neighbour_statistics, ode_range_statistics, sample_digits, save_sample_grid
@@ -107,6 +107,7 @@ def train_digits_ddpm(
     log_every: int = 500,
     snapshot=None,
     console: Console | None = None,
+    state_path: Path | None = None,
 ):
     """Train the digits DDPM and return (TrainResult, settings dict).
 
@@ -116,7 +117,8 @@ def train_digits_ddpm(
     dequantisation "none", lr 2e-4, lr_decay "constant" and 6,000 steps); `dequantisation` ("uniform" |
     "gaussian") applies `dequantise` to every batch; `lr_decay="cosine"` decays the rate to 0;
     `lambda_share` draws that share of the steps n uniformly in λ (`step_probabilities`). `images` replaces
-    the data.
+    the data. With `state_path` the run writes its state there every 1,000 steps and resumes from it
+    (`train_noise_predictor`).
     """
     torch.manual_seed(seed)  # initialisation and dropout
     model = build_digits_ddpm()
@@ -145,7 +147,7 @@ def train_digits_ddpm(
     result = train_noise_predictor(model, images, digits_schedule(), steps=steps, batch_size=batch_size, lr=lr,
                                    warmup_steps=warmup_steps, ema_decay=ema_decay, lr_decay=lr_decay,
                                    lambda_share=lambda_share, data_transform=None if dequantisation == "none" else partial(dequantise, kind=dequantisation), seed=seed, progress=progress,
-                                   log_every=log_every, snapshot=snapshot, console=console)
+                                   log_every=log_every, snapshot=snapshot, console=console, state_path=state_path, run=settings)
     return result, settings
 
 
@@ -184,6 +186,8 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
     samples_ddim50.png. Prints, and records in the card, the training's seconds per step and wall time and
     the whole command's wall time (training, writing and the check). With `snapshot_every` > 0 the EMA
     weights are also written every that many steps to DIRECTORY/snapshots/step<N>.pt, to inspect a run.
+    The run keeps its state in DIRECTORY/train_state.pt (every 1,000 steps) until its weights are written, so
+    the same command resumes an interrupted run.
     `recipe` goes to `train_digits_ddpm` (held_out, dequantisation, lr, lr_decay, lambda_share).
     """
     start = time.perf_counter()
@@ -195,8 +199,9 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / f"step{step}.pt", partial(torch.save, weights))
 
+    state_path = directory / TRAIN_STATE_FILE
     result, settings = train_digits_ddpm(steps=steps, seed=seed, console=console, log_every=snapshot_every or 500,
-                                         snapshot=snapshot if snapshot_every else None, **recipe)
+                                         snapshot=snapshot if snapshot_every else None, state_path=state_path, **recipe)
     seconds_per_step = result.wall_time_s / steps
     console.print(f"trained {steps} steps in {result.wall_time_s:.1f} s: {seconds_per_step:.4f} s/step "
                   f"(batch {settings['batch_size']}, {torch.get_num_threads()} torch threads)", highlight=False)
@@ -205,8 +210,10 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
             "weights": "EMA", **settings, "final_loss_last_500_steps": round(result.final_loss(500), 5),
             f"loss_curve_mean_per_{LOSS_WINDOW}_steps": loss_curve(result.losses),
             "wall_time_s": round(result.wall_time_s, 1), "seconds_per_step": round(seconds_per_step, 4),
+            **({"resumed_at_steps": result.resumed_from} if result.resumed_from else {}),
             "torch": torch.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
     card = save_digits_ddpm(result.ema_state_dict, card, directory)
+    state_path.unlink(missing_ok=True)  # the weights are written: nothing left to resume
     card = check_digits_ddpm(directory, card, console, check_samples=check_samples, seed=seed)
     card["total_wall_time_s"] = round(time.perf_counter() - start, 1)
     atomic_write_text(directory / "digits_ddpm.json", json.dumps(card, indent=2) + "\n")

@@ -16,12 +16,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
+from ..atomic import atomic_write
+from ..errors import DpmsError
 from ..schedule import NoiseSchedule
 
 
@@ -56,6 +60,7 @@ class TrainResult:
     ema_state_dict: dict[str, Tensor]
     losses: list[float] = field(default_factory=list)  # mean batch loss of every step
     wall_time_s: float = 0.0
+    resumed_from: list[int] = field(default_factory=list)  # the steps an interrupted run was resumed at
 
     def final_loss(self, window: int = 500) -> float:
         """Mean training loss over the last `window` steps (the per-step loss is noisy because n is random)."""
@@ -81,14 +86,30 @@ def learning_rate(step: int, base_lr: float, warmup_steps: int, total_steps: int
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def batch_indices(num_items: int, batch_size: int, generator: torch.Generator):
-    """Endless stream of index batches: a fresh permutation each epoch, the incomplete last batch dropped."""
-    if batch_size > num_items:
-        raise ValueError(f"batch_size {batch_size} is larger than the data set ({num_items} items)")
-    while True:
-        order = torch.randperm(num_items, generator=generator)
-        for start in range(0, num_items - batch_size + 1, batch_size):
-            yield order[start : start + batch_size]
+class BatchOrder:
+    """Endless stream of index batches: a fresh permutation each epoch, the incomplete last batch dropped.
+    Its position (this epoch's order, the next start) is part of a training state (`state_dict`), so that a
+    resumed run draws the same batches as an uninterrupted one."""
+
+    def __init__(self, num_items: int, batch_size: int, generator: torch.Generator):
+        if batch_size > num_items:
+            raise ValueError(f"batch_size {batch_size} is larger than the data set ({num_items} items)")
+        self.num_items, self.batch_size, self.generator = num_items, batch_size, generator
+        self.order: Tensor | None = None
+        self.start = 0
+
+    def __next__(self) -> Tensor:
+        if self.order is None or self.start + self.batch_size > self.num_items:
+            self.order, self.start = torch.randperm(self.num_items, generator=self.generator), 0
+        batch = self.order[self.start : self.start + self.batch_size]
+        self.start += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"order": self.order, "start": self.start}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order, self.start = state["order"], state["start"]
 
 
 def simple_loss(model: nn.Module, x0: Tensor, steps: Tensor, noise: Tensor, alphas: Tensor, sigmas: Tensor) -> Tensor:
@@ -124,6 +145,21 @@ def step_probabilities(schedule: NoiseSchedule, lambda_share: float = 0.0) -> Te
     return (1.0 - lambda_share) / schedule.N + lambda_share * width / width.sum()
 
 
+def load_training_state(path: Path, identity: dict) -> dict:
+    """The training state at `path` (tensors, numbers and strings only: loaded with weights_only), checked to
+    belong to the run described by `identity`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which, never run it
+        raise DpmsError(f"{path} is not a dpms training state ({type(exc).__name__}); delete it to start the run afresh") from exc
+    if not isinstance(state, dict) or state.get("identity") != identity:
+        theirs = state.get("identity", {}) if isinstance(state, dict) else {}
+        differ = sorted(k for k in set(identity) | set(theirs) if identity.get(k) != theirs.get(k))
+        raise DpmsError(f"{path} holds the state of a run with other settings ({', '.join(differ) or 'unknown'}); "
+                        "resume it with the same options, or delete it to start this run afresh")
+    return state
+
+
 def train_noise_predictor(
     model: nn.Module,
     images: Tensor,
@@ -144,6 +180,9 @@ def train_noise_predictor(
     log_every: int = 500,
     snapshot: Callable[[int, dict[str, Tensor]], None] | None = None,
     console: Console | None = None,
+    state_path: Path | None = None,
+    state_every: int = 1000,
+    run: dict | None = None,
 ) -> TrainResult:
     """Train `model` (ε-prediction, time input = step index n) on `images` (B, C, H, W) for `steps` steps.
 
@@ -155,22 +194,52 @@ def train_noise_predictor(
     `seed` seeds the data order, the data transform, the steps n and the noise ε. `snapshot(step, ema_weights)`,
     if given, is called every `log_every` steps (to inspect a long run while it trains). Returns the EMA
     weights and the losses.
+
+    With `state_path`, everything the run depends on (weights, optimizer moments, EMA, the training generator,
+    the global RNG that drives dropout, the batch order, the losses and the time spent) is written there
+    atomically every `state_every` steps, and a run that finds the file resumes from it: an interrupted run
+    continues where its last state was written and ends with the same weights as an uninterrupted one (on the
+    same machine and thread count). `run` (the caller's description of the recipe, JSON-like) is stored with
+    the state, and a state written for another recipe is refused rather than continued.
     """
     console = console or Console()
     alphas, sigmas = step_coefficients(schedule, images.dtype)
     probabilities = step_probabilities(schedule, lambda_share)
     generator = torch.Generator().manual_seed(seed)
-    batches = batch_indices(images.shape[0], batch_size, generator)
+    batches = BatchOrder(images.shape[0], batch_size, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     ema = WeightEMA(model, ema_decay)
     result = TrainResult(ema_state_dict={})
+    identity = {"run": run or {}, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
+                "weight_decay": weight_decay, "ema_decay": ema_decay, "grad_clip": grad_clip, "lr_decay": lr_decay,
+                "lambda_share": lambda_share, "seed": seed, "num_images": images.shape[0]}
+    first_step, time_before = 0, 0.0
+    if state_path is not None and Path(state_path).is_file():
+        state = load_training_state(state_path, identity)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.shadow, ema.updates = state["ema"], state["ema_updates"]
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["global_rng"])
+        batches.load_state_dict(state["batches"])
+        result.losses, first_step, time_before = list(state["losses"]), state["step"], state["wall_time_s"]
+        result.resumed_from = list(state["resumed_from"]) + [first_step]
+        console.print(f"resuming from step {first_step} of {steps} ({state_path})", highlight=False)
+
+    def save_state(step: int) -> None:
+        state = {"identity": identity, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "ema": ema.shadow, "ema_updates": ema.updates, "generator": generator.get_state(),
+                 "global_rng": torch.get_rng_state(), "batches": batches.state_dict(), "losses": result.losses,
+                 "resumed_from": result.resumed_from, "wall_time_s": time_before + time.perf_counter() - start}
+        atomic_write(state_path, partial(torch.save, state))
+
     model.train()
     start = time.perf_counter()
     columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, disable=not progress) as bar:
-        task = bar.add_task("train", total=steps, loss=math.nan)
-        for step in range(steps):
+        task = bar.add_task("train", total=steps, completed=first_step, loss=math.nan)
+        for step in range(first_step, steps):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, lr, warmup_steps, steps, lr_decay)
             x0 = images[next(batches)]
@@ -190,13 +259,15 @@ def train_noise_predictor(
             result.losses.append(loss.item())
             recent = result.final_loss(window=100)
             bar.update(task, advance=1, loss=recent)
+            if state_path is not None and state_every and (step + 1) % state_every == 0 and step + 1 < steps:
+                save_state(step + 1)
             if snapshot is not None and log_every and (step + 1) % log_every == 0 and step + 1 < steps:
                 snapshot(step + 1, ema.state_dict())
             if progress and log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
-                elapsed = time.perf_counter() - start
+                elapsed = time_before + time.perf_counter() - start
                 bar.console.print(f"step {step + 1}/{steps}  loss(last {min(step + 1, log_every)}) "
                                   f"{result.final_loss(log_every):.4f}  {elapsed:.0f}s", highlight=False)
-    result.wall_time_s = time.perf_counter() - start
+    result.wall_time_s = time_before + time.perf_counter() - start
     result.ema_state_dict = ema.state_dict()
     model.eval()
     return result
