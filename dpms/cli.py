@@ -322,7 +322,7 @@ def train_digits_command(
     out: Optional[Path] = typer.Option(None, help="output folder (default: checkpoints/digits)"),
     threads: int = typer.Option(SHIPPED_RECIPE["threads"], help="torch CPU threads (the shipped weights were made with 1; the float result depends on it)"),
     held_out: bool = typer.Option(SHIPPED_RECIPE["held_out"], "--held-out/--all-digits", help="train on the 1,437 train-split digits (default, as the shipped weights; the 360 others stay unseen) or on all 1,797"),
-    dequantise: str = typer.Option(SHIPPED_RECIPE["dequantisation"], help="spread each pixel around its grey level in every batch: none, uniform (over its bin) or gaussian (std a quarter bin)"),
+    dequantise: str = typer.Option(SHIPPED_RECIPE["dequantisation"], help="spread each pixel around its grey level in every batch: none, uniform (over its bin), gaussian (std a quarter bin) or gaussian-conditional (the same spread folded into the noise, regressing on E[eps | x_n, levels])"),
     lr: float = typer.Option(SHIPPED_RECIPE["lr"], help="peak learning rate (AdamW), reached after 500 warm-up steps"),
     lr_decay: str = typer.Option(SHIPPED_RECIPE["lr_decay"], help="learning rate after warm-up: constant or cosine (to 0 at the last step)"),
     lambda_share: float = typer.Option(SHIPPED_RECIPE["lambda_share"], help="share of the training steps n drawn uniformly in half-log-SNR λ instead of uniformly in n (more of the low-noise end), 0 to 1"),

@@ -202,3 +202,59 @@ def test_range_statistics_measure_the_spill_beyond_each_end_as_the_data_spread()
     assert wide["rms_beyond_-1"] == pytest.approx(1.5 / 32, rel=0.02)
     assert wide["fraction_pixels_within_1.1"] < 0.995
     assert digits.range_statistics(x)["rms_beyond_-1"] is None and digits.range_statistics(x)["pixel_range"] == [-1.0, 1.0]
+
+
+def test_conditional_target_draws_the_same_inputs_and_has_the_same_minimiser_with_less_variance():
+    """simple_loss with dequantisation_std d: x_n = α x₀ + √(α²d² + σ²) ε' is distributed as α(x₀ + d z) + σ ε,
+    and the least-squares predictor of ε from x_n is the same with the drawn ε and with E[ε | x_n, x₀]; only
+    the residual the network cannot remove shrinks (from 1 − σ²/τ² to 0 for a point mass)."""
+    from dpms.training.diffusion import simple_loss
+
+    alpha, sigma, d = torch.tensor([0.99]), torch.tensor([0.02]), 0.03
+    tau2 = (0.99 * d) ** 2 + 0.02**2
+    x0, n = torch.zeros(400_000, 1, 1, 1), torch.zeros(400_000, dtype=torch.long)
+
+    class Linear(torch.nn.Module):  # ε̂ = c·x_n records its inputs
+        def __init__(self, c):
+            super().__init__()
+            self.c, self.inputs = c, []
+
+        def forward(self, x, steps):
+            self.inputs.append(x)
+            return self.c * x
+
+    def losses(c):
+        z, eps = (torch.randn(x0.shape, generator=torch.Generator().manual_seed(k)) for k in (1, 2))
+        explicit, folded = Linear(c), Linear(c)
+        drawn = simple_loss(explicit, x0 + d * z, n, eps, alpha, sigma)
+        conditional = simple_loss(folded, x0, n, eps, alpha, sigma, dequantisation_std=d)
+        return drawn.item(), conditional.item(), explicit.inputs[0], folded.inputs[0]
+
+    best = 0.02 / tau2  # the posterior mean E[ε | x_n] = σ x_n / τ² for a level at 0
+    drawn, conditional, x_explicit, x_folded = losses(best)
+    assert x_explicit.std().item() == pytest.approx(tau2**0.5, rel=0.01) == x_folded.std().item()
+    assert drawn == pytest.approx(1 - 0.02**2 / tau2, rel=0.01)  # what no network can predict
+    assert conditional == pytest.approx(0.0, abs=1e-10)
+    for c in (0.5 * best, 1.5 * best):  # both losses rise by the same amount away from the minimiser
+        worse_drawn, worse_conditional, _, _ = losses(c)
+        assert worse_drawn - drawn == pytest.approx(worse_conditional - conditional, rel=0.02)
+        assert worse_conditional > conditional
+    assert simple_loss(Linear(0.0), x0, n, torch.ones_like(x0), alpha, sigma, dequantisation_std=d).item() == pytest.approx(0.02**2 / tau2)
+
+
+def test_gaussian_conditional_trains_on_the_levels_with_the_spread_folded_into_the_noise(monkeypatch):
+    seen = {}
+
+    def fake_train(model, images, schedule, **kwargs):
+        seen.update(kwargs)
+        from dpms.training import TrainResult
+
+        return TrainResult(ema_state_dict={}, losses=[1.0])
+
+    monkeypatch.setattr("dpms.digits.training.train_noise_predictor", fake_train)
+    _, settings = digits.train_digits_ddpm(steps=1, progress=False, dequantisation="gaussian-conditional")
+    assert seen["data_transform"] is None and seen["dequantisation_std"] == digits.GREY_LEVEL_SPACING / 4
+    assert "folded into the forward noise" in settings["data"] and "E[eps | x_n, levels]" in settings["loss"]
+    digits.train_digits_ddpm(steps=1, progress=False, dequantisation="gaussian")
+    assert seen["dequantisation_std"] == 0.0 and seen["data_transform"].keywords == {"kind": "gaussian"}
+    assert torch.equal(digits.dequantise(torch.ones(3), torch.Generator(), "gaussian-conditional"), torch.ones(3))

@@ -22,7 +22,7 @@ import importlib
 _HOMES = {
     "classifier": ("FEATURE_DIM", "DigitsClassifier", "augment", "classifier_accuracy", "feature_statistics", "gaussian",
                    "load_digits_classifier", "load_digits_stats"),
-    "data": ("CLASSIFIER_FILE", "DDPM_FILE", "DEQUANTISATIONS", "DIGITS_DIR", "GREY_LEVEL_SPACING", "HELD_OUT_SIZE", "SAMPLES_FILE", "SHIPPED_RECIPE", "SPLIT_SEED",
+    "data": ("CLASSIFIER_FILE", "DDPM_FILE", "DEQUANTISATIONS", "DIGITS_DIR", "GAUSSIAN_DEQUANTISATION_STD", "GREY_LEVEL_SPACING", "HELD_OUT_SIZE", "SAMPLES_FILE", "SHIPPED_RECIPE", "SPLIT_SEED",
              "STATS_FILE", "TRAIN_STATE_FILE", "dequantise", "digits_split", "load_digits_images", "load_digits_labels", "sha256_of"),
     "features": ("FEATURE_KIND", "FEATURES_NAME", "digits_features"),
     "model": ("DIGITS_DDPM_CONFIG", "DIGITS_SCHEDULE_SPEC", "build_digits_ddpm", "digits_schedule", "load_digits_ddpm"),

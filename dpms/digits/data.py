@@ -66,7 +66,8 @@ def require_file(path: Path, how_to_make: str) -> Path:
     return path
 
 
-DEQUANTISATIONS = ("none", "uniform", "gaussian")
+DEQUANTISATIONS = ("none", "uniform", "gaussian", "gaussian-conditional")
+GAUSSIAN_DEQUANTISATION_STD = GREY_LEVEL_SPACING / 4
 
 # The recipe of the shipped weights (`dpms train digits` with no options reproduces them; issue 17's choice,
 # see checkpoints/README.md): the 1,437 train-split digits (the 360 others stay unseen, for the memorisation
@@ -80,6 +81,8 @@ def dequantise(x0: Tensor, generator: torch.Generator, kind: str = "uniform") ->
     """Spread each pixel around its grey level: `uniform` adds U(−s/2, s/2) with s = 2/16, the level's bin
     (dequantisation as in likelihood training on 8-bit data, centred on the level so that each pixel's mean
     is unchanged); `gaussian` adds N(0, (s/4)²), about the same spread (std s/4 against s/√12) with no edge.
+    (`gaussian-conditional` is the same data, but the spread is folded into the training noise instead of
+    drawn here: see `simple_loss`; this function returns the levels for it.)
 
     Why: with only 17 levels the data are point masses per pixel; below σ ≈ s/2 the ideal denoiser snaps
     to the nearest level, so ε changes sharply and the learned ODE becomes stiff in its last, low-noise
@@ -91,7 +94,7 @@ def dequantise(x0: Tensor, generator: torch.Generator, kind: str = "uniform") ->
     if kind == "uniform":
         return x0 + (torch.rand(x0.shape, generator=generator, dtype=x0.dtype) - 0.5) * GREY_LEVEL_SPACING
     if kind == "gaussian":
-        return x0 + torch.randn(x0.shape, generator=generator, dtype=x0.dtype) * (GREY_LEVEL_SPACING / 4)
-    if kind == "none":
+        return x0 + torch.randn(x0.shape, generator=generator, dtype=x0.dtype) * GAUSSIAN_DEQUANTISATION_STD
+    if kind in ("none", "gaussian-conditional"):
         return x0
     raise ValueError(f"dequantisation must be one of {', '.join(DEQUANTISATIONS)}, got {kind!r}")

@@ -20,7 +20,7 @@ from ..atomic import atomic_write, atomic_write_text
 from ..errors import DpmsError
 from ..training import train_noise_predictor
 from .classifier import FEATURE_DIM, DigitsClassifier, augment, classifier_accuracy, feature_statistics, load_digits_classifier
-from .data import (CLASSIFIER_FILE, DDPM_FILE, DEQUANTISATIONS, DIGITS_DIR, HELD_OUT_SIZE, SAMPLES_FILE, SHIPPED_RECIPE, SPLIT_SEED, STATS_FILE, TRAIN_STATE_FILE, dequantise,
+from .data import (CLASSIFIER_FILE, DDPM_FILE, DEQUANTISATIONS, DIGITS_DIR, GAUSSIAN_DEQUANTISATION_STD, HELD_OUT_SIZE, SAMPLES_FILE, SHIPPED_RECIPE, SPLIT_SEED, STATS_FILE, TRAIN_STATE_FILE, dequantise,
                    digits_split, load_digits_images, load_digits_labels, sha256_of)
 from .model import DIGITS_DDPM_CONFIG, DIGITS_SCHEDULE_SPEC, build_digits_ddpm, digits_schedule, load_digits_ddpm
 from .sampling import evaluate_digits_samples, nearest_neighbour_statistics, ode_range_statistics, sample_digits, save_sample_grid
@@ -115,7 +115,9 @@ def train_digits_ddpm(
     digits of the fixed train split only (the 360 others stay unseen, so samples can be checked for
     memorisation against them), `held_out=False` on all 1,797 (the first shipped model's recipe, with
     dequantisation "none", lr 2e-4, lr_decay "constant" and 6,000 steps); `dequantisation` ("uniform" |
-    "gaussian") applies `dequantise` to every batch; `lr_decay="cosine"` decays the rate to 0;
+    "gaussian") applies `dequantise` to every batch, "gaussian-conditional" folds the Gaussian spread into
+    the training noise and regresses on the conditional expectation of ε (`simple_loss`: same minimiser, less
+    variance where σ is below the spread); `lr_decay="cosine"` decays the rate to 0;
     `lambda_share` draws that share of the steps n uniformly in λ (`step_probabilities`). `images` replaces
     the data. With `state_path` the run writes its state there every 1,000 steps and resumes from it
     (`train_noise_predictor`).
@@ -134,19 +136,24 @@ def train_digits_ddpm(
         raise ValueError(f"dequantisation must be one of {', '.join(DEQUANTISATIONS)}, got {dequantisation!r}")
     spread = {"none": "not dequantised",
               "uniform": "dequantised: + U(-1/16, 1/16) per pixel per batch (one grey level's width, centred)",
-              "gaussian": "dequantised: + N(0, (1/32)^2) per pixel per batch (a quarter of one grey level's width)"}
+              "gaussian": "dequantised: + N(0, (1/32)^2) per pixel per batch (a quarter of one grey level's width)",
+              "gaussian-conditional": "dequantised: + N(0, (1/32)^2) per pixel (a quarter of one grey level's width), "
+                                      "folded into the forward noise, target E[eps | x_n, levels] (simple_loss)"}
     data = f"{what}, in [-1,1]; {spread[dequantisation]}; no other augmentation"
     schedule_text = {"cosine": f"linear warm-up over {warmup_steps} steps, then cosine decay to 0 at step {steps}",
                      "constant": "linear warm-up then constant"}.get(lr_decay, lr_decay)
     settings = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
                 "lr_schedule": schedule_text, "optimizer": "AdamW(weight_decay=0)", "grad_clip": 1.0,
-                "ema_decay": ema_decay, "loss": "L_simple: mean squared error of the eps prediction",
+                "ema_decay": ema_decay, "loss": "L_simple: mean squared error of the eps prediction" + (
+                    " against E[eps | x_n, levels]" if dequantisation == "gaussian-conditional" else ""),
                 "steps_n": ("uniform over 0..999 (DDPM)" if lambda_share == 0 else
                             f"drawn from ({1 - lambda_share:g} x uniform in n + {lambda_share:g} x uniform in lambda) (step_probabilities)"),
                 "data": data}
     result = train_noise_predictor(model, images, digits_schedule(), steps=steps, batch_size=batch_size, lr=lr,
                                    warmup_steps=warmup_steps, ema_decay=ema_decay, lr_decay=lr_decay,
-                                   lambda_share=lambda_share, data_transform=None if dequantisation == "none" else partial(dequantise, kind=dequantisation), seed=seed, progress=progress,
+                                   lambda_share=lambda_share, seed=seed, progress=progress,
+                                   data_transform=None if dequantisation in ("none", "gaussian-conditional") else partial(dequantise, kind=dequantisation),
+                                   dequantisation_std=GAUSSIAN_DEQUANTISATION_STD if dequantisation == "gaussian-conditional" else 0.0,
                                    log_every=log_every, snapshot=snapshot, console=console, state_path=state_path, run=settings)
     return result, settings
 

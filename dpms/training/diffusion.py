@@ -112,11 +112,26 @@ class BatchOrder:
         self.order, self.start = state["order"], state["start"]
 
 
-def simple_loss(model: nn.Module, x0: Tensor, steps: Tensor, noise: Tensor, alphas: Tensor, sigmas: Tensor) -> Tensor:
-    """L_simple = E‖ε − ε_θ(α_n x₀ + σ_n ε, n)‖² averaged over pixels (DDPM Eq. 14)."""
+def simple_loss(model: nn.Module, x0: Tensor, steps: Tensor, noise: Tensor, alphas: Tensor, sigmas: Tensor,
+                dequantisation_std: float = 0.0) -> Tensor:
+    """L_simple = E‖ε − ε_θ(α_n x₀ + σ_n ε, n)‖² averaged over pixels (DDPM Eq. 14).
+
+    With `dequantisation_std` = d > 0, x₀ are quantised levels and the data are x₀ + d·z (Gaussian
+    dequantisation, z ~ N(0, I)), folded into the forward noise: α_n(x₀ + d z) + σ_n ε = α_n x₀ + τ_n ε'
+    with τ_n = √(α_n² d² + σ_n²), so x_n is drawn exactly as with the dequantised data. The target is then
+    E[ε | x_n, x₀] = (σ_n/τ_n) ε' instead of the drawn ε: the same minimiser (E[ε | x_n] is unchanged, by the
+    tower rule), but without the part of ε that no network can predict. That part dominates where σ_n ≲ α_n d
+    (the target's variance falls from 1 to σ_n²/τ_n², 0.09 at n = 0 for the digits), which is where the
+    learned ODE's last stretch is made.
+    """
     shape = (-1,) + (1,) * (x0.dim() - 1)
-    x_n = alphas[steps].reshape(shape) * x0 + sigmas[steps].reshape(shape) * noise
-    return (model(x_n, steps) - noise).pow(2).mean()
+    alpha, sigma = alphas[steps].reshape(shape), sigmas[steps].reshape(shape)
+    if dequantisation_std == 0.0:
+        x_n, target = alpha * x0 + sigma * noise, noise
+    else:
+        total = torch.sqrt((alpha * dequantisation_std) ** 2 + sigma**2)
+        x_n, target = alpha * x0 + total * noise, (sigma / total) * noise
+    return (model(x_n, steps) - target).pow(2).mean()
 
 
 def step_coefficients(schedule: NoiseSchedule, dtype=torch.float32) -> tuple[Tensor, Tensor]:
@@ -174,6 +189,7 @@ def train_noise_predictor(
     grad_clip: float = 1.0,
     lr_decay: str = "constant",
     lambda_share: float = 0.0,
+    dequantisation_std: float = 0.0,
     data_transform: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -188,7 +204,8 @@ def train_noise_predictor(
 
     AdamW with linear warm-up then `lr_decay` (see `learning_rate`), gradient-norm clipping at `grad_clip`
     (as DDPM), EMA of the weights. Steps n are uniform (DDPM) or, with `lambda_share` > 0, partly uniform
-    in λ (`step_probabilities`). `data_transform(x0, generator)`, if given, is applied to every batch
+    in λ (`step_probabilities`). `dequantisation_std` > 0 folds a Gaussian dequantisation of `images` into the
+    forward noise and regresses on its conditional expectation (`simple_loss`). `data_transform(x0, generator)`, if given, is applied to every batch
     (dequantisation, augmentation) and draws its randomness from the training generator.
     The caller seeds the global RNG before building the model (initialisation and dropout);
     `seed` seeds the data order, the data transform, the steps n and the noise ε. `snapshot(step, ema_weights)`,
@@ -212,7 +229,8 @@ def train_noise_predictor(
     result = TrainResult(ema_state_dict={})
     identity = {"run": run or {}, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
                 "weight_decay": weight_decay, "ema_decay": ema_decay, "grad_clip": grad_clip, "lr_decay": lr_decay,
-                "lambda_share": lambda_share, "seed": seed, "num_images": images.shape[0]}
+                "lambda_share": lambda_share, "seed": seed, "num_images": images.shape[0],
+                **({"dequantisation_std": dequantisation_std} if dequantisation_std else {})}
     first_step, time_before = 0, 0.0
     if state_path is not None and Path(state_path).is_file():
         state = load_training_state(state_path, identity)
@@ -250,7 +268,7 @@ def train_noise_predictor(
             else:
                 n = torch.multinomial(probabilities, x0.shape[0], replacement=True, generator=generator)
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-            loss = simple_loss(model, x0, n, noise, alphas, sigmas)
+            loss = simple_loss(model, x0, n, noise, alphas, sigmas, dequantisation_std)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
