@@ -327,6 +327,7 @@ def train_digits_command(
     lr_decay: str = typer.Option(SHIPPED_RECIPE["lr_decay"], help="learning rate after warm-up: constant or cosine (to 0 at the last step)"),
     lambda_share: float = typer.Option(SHIPPED_RECIPE["lambda_share"], help="share of the training steps n drawn uniformly in half-log-SNR λ instead of uniformly in n (more of the low-noise end), 0 to 1"),
     snapshot_every: int = typer.Option(0, help="also write the EMA weights every N steps to OUT/snapshots/ (0: never)"),
+    device: str = typer.Option("cpu", help="where the network trains: cpu (as the shipped weights) or cuda[:N] (same draws, other floats; the card records the GPU)"),
     check_only: bool = typer.Option(False, "--check-only", metavar="", help="no training: redo the card's sample check of the weights in --out"),
     check_samples: int = typer.Option(500, help="DDIM-50 samples of the card's check"),
     force: bool = typer.Option(False, "--force", metavar="", help="replace weights already in --out (by default the shipped ones are kept)"),
@@ -344,6 +345,7 @@ def train_digits_command(
     if not 0.0 <= lambda_share <= 1.0:
         raise DpmsError(f"--lambda-share must be between 0 and 1, got {lambda_share}")
     set_threads(threads)
+    check_device(device)
     if not check_only:
         refuse_to_replace([Path(out or DIGITS_DIR) / DDPM_FILE], force, "trained weights", "pass --out DIR to train into another folder")
     if check_only:
@@ -359,7 +361,7 @@ def train_digits_command(
         raise DpmsError(f"--lr-decay must be one of {', '.join(LR_DECAYS)}, got {lr_decay!r}")
     card = reproduce_digits_ddpm(steps=steps, seed=seed, directory=out, console=console, check_samples=check_samples,
                                  snapshot_every=snapshot_every, held_out=held_out, dequantisation=dequantise, lr=lr,
-                                 lr_decay=lr_decay, lambda_share=lambda_share)
+                                 lr_decay=lr_decay, lambda_share=lambda_share, device=device)
     check = card[f"check_ddim50_{check_samples}_samples"]
     console.print(f"final loss {card['final_loss_last_500_steps']:.4f}, {card['wall_time_s']:.0f} s; "
                   f"FD (digits features) of {check_samples} DDIM-50 samples {check['fd_samples_vs_real']:.3f} "

@@ -27,7 +27,7 @@ class Interrupt(Exception):
     pass
 
 
-def run(steps, state_path=None, stop_at=None, run_info=None, lambda_share=0.5, model=None):
+def run(steps, state_path=None, stop_at=None, run_info=None, lambda_share=0.5, model=None, device="cpu"):
     torch.manual_seed(0)
     model = model or TinyNet()
 
@@ -39,7 +39,7 @@ def run(steps, state_path=None, stop_at=None, run_info=None, lambda_share=0.5, m
     return train_noise_predictor(model, images, digits.digits_schedule(), steps=steps, batch_size=32, warmup_steps=3,
                                  lr_decay="cosine", lambda_share=lambda_share, data_transform=digits.dequantise, seed=1,
                                  progress=False, log_every=4 if stop_at else 0, snapshot=stop, state_path=state_path,
-                                 state_every=4, run=run_info or {"what": "test"})
+                                 state_every=4, run=run_info or {"what": "test"}, device=device)
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
@@ -88,3 +88,34 @@ def test_dpms_train_digits_resumes_and_removes_its_state_when_done(tmp_path, mon
     card = digits.reproduce_digits_ddpm(steps=10, directory=tmp_path)
     assert not (tmp_path / digits.TRAIN_STATE_FILE).exists() and (tmp_path / digits.DDPM_FILE).is_file()
     assert card["resumed_at_steps"] == [4]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on a lent GPU machine)")
+def test_a_gpu_run_draws_what_the_cpu_run_draws_and_resumes(tmp_path):
+    """Same data order, steps n and noise on every device, so the GPU run's losses track the CPU run's
+    (other kernels: not bitwise); its weights come back on the CPU; an interrupted GPU run resumes bitwise."""
+    cpu, gpu = run(10), run(10, device="cuda")
+    assert gpu.losses == pytest.approx(cpu.losses, rel=1e-3)
+    assert all(value.device.type == "cpu" for value in gpu.ema_state_dict.values())
+    state = tmp_path / "state.pt"
+    with pytest.raises(Interrupt):
+        run(10, state_path=state, stop_at=4, device="cuda")
+    resumed = run(10, state_path=state, device="cuda")
+    assert resumed.losses == pytest.approx(gpu.losses, rel=1e-6)
+    with pytest.raises(DpmsError, match="device"):
+        run(10, state_path=state)  # a GPU run's state is not continued on the CPU
+
+
+def test_explicit_cpu_device_is_the_default_run_and_a_missing_gpu_is_one_line(tmp_path, capsys):
+    default, explicit = run(6), run(6, device="cpu")
+    assert default.losses == explicit.losses
+    for key, value in default.ema_state_dict.items():
+        assert torch.equal(explicit.ema_state_dict[key], value), key
+    if torch.cuda.is_available():
+        return
+    from dpms.cli import main
+
+    code = main(["train", "digits", "--device", "cuda", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --device cuda: CUDA is not available") and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())

@@ -108,6 +108,7 @@ def train_digits_ddpm(
     snapshot=None,
     console: Console | None = None,
     state_path: Path | None = None,
+    device: str = "cpu",
 ):
     """Train the digits DDPM and return (TrainResult, settings dict).
 
@@ -120,7 +121,7 @@ def train_digits_ddpm(
     variance where σ is below the spread); `lr_decay="cosine"` decays the rate to 0;
     `lambda_share` draws that share of the steps n uniformly in λ (`step_probabilities`). `images` replaces
     the data. With `state_path` the run writes its state there every 1,000 steps and resumes from it
-    (`train_noise_predictor`).
+    (`train_noise_predictor`). `device` ("cpu", "cuda") is where the network trains.
     """
     torch.manual_seed(seed)  # initialisation and dropout
     model = build_digits_ddpm()
@@ -154,7 +155,8 @@ def train_digits_ddpm(
                                    lambda_share=lambda_share, seed=seed, progress=progress,
                                    data_transform=None if dequantisation in ("none", "gaussian-conditional") else partial(dequantise, kind=dequantisation),
                                    dequantisation_std=GAUSSIAN_DEQUANTISATION_STD if dequantisation == "gaussian-conditional" else 0.0,
-                                   log_every=log_every, snapshot=snapshot, console=console, state_path=state_path, run=settings)
+                                   log_every=log_every, snapshot=snapshot, console=console, state_path=state_path, run=settings,
+                                   device=device)
     return result, settings
 
 
@@ -183,6 +185,12 @@ def reproduce_digits_classifier(epochs: int = 30, seed: int = 0, directory: Path
     return save_digits_classifier(model, info, Path(directory or DIGITS_DIR))
 
 
+def _device_name(device: str) -> str:
+    """What trained the weights, for the card: "cpu", or the GPU's name (the floats depend on it)."""
+    device = torch.device(device)
+    return "cpu" if device.type == "cpu" else f"{device.type}: {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}"
+
+
 def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, directory: Path | None = None,
                           console: Console | None = None, check_samples: int = 500, snapshot_every: int = 0,
                           **recipe) -> dict:
@@ -195,7 +203,7 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
     weights are also written every that many steps to DIRECTORY/snapshots/step<N>.pt, to inspect a run.
     The run keeps its state in DIRECTORY/train_state.pt (every 1,000 steps) until its weights are written, so
     the same command resumes an interrupted run.
-    `recipe` goes to `train_digits_ddpm` (held_out, dequantisation, lr, lr_decay, lambda_share).
+    `recipe` goes to `train_digits_ddpm` (held_out, dequantisation, lr, lr_decay, lambda_share, device).
     """
     start = time.perf_counter()
     console = console or Console()
@@ -218,7 +226,8 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
             f"loss_curve_mean_per_{LOSS_WINDOW}_steps": loss_curve(result.losses),
             "wall_time_s": round(result.wall_time_s, 1), "seconds_per_step": round(seconds_per_step, 4),
             **({"resumed_at_steps": result.resumed_from} if result.resumed_from else {}),
-            "torch": torch.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
+            "torch": torch.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+            "device": _device_name(recipe.get("device", "cpu"))}
     card = save_digits_ddpm(result.ema_state_dict, card, directory)
     state_path.unlink(missing_ok=True)  # the weights are written: nothing left to resume
     card = check_digits_ddpm(directory, card, console, check_samples=check_samples, seed=seed)

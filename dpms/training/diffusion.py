@@ -199,6 +199,7 @@ def train_noise_predictor(
     state_path: Path | None = None,
     state_every: int = 1000,
     run: dict | None = None,
+    device: str | torch.device = "cpu",
 ) -> TrainResult:
     """Train `model` (ε-prediction, time input = step index n) on `images` (B, C, H, W) for `steps` steps.
 
@@ -213,32 +214,41 @@ def train_noise_predictor(
     weights and the losses.
 
     With `state_path`, everything the run depends on (weights, optimizer moments, EMA, the training generator,
-    the global RNG that drives dropout, the batch order, the losses and the time spent) is written there
+    the global RNG that drives dropout (and, on a GPU, its RNG), the batch order, the losses and the time spent) is written there
     atomically every `state_every` steps, and a run that finds the file resumes from it: an interrupted run
     continues where its last state was written and ends with the same weights as an uninterrupted one (on the
     same machine and thread count). `run` (the caller's description of the recipe, JSON-like) is stored with
     the state, and a state written for another recipe is refused rather than continued.
+
+    `device` is where the model, the forward pass and the optimizer run (a GPU, to train long recipes fast).
+    Every random draw except dropout's stays on the CPU training generator, so the data order, the steps n and
+    the noise are the same on every device; the floats of the result are not (other kernels).
     """
+    device = torch.device(device)
     console = console or Console()
-    alphas, sigmas = step_coefficients(schedule, images.dtype)
+    model.to(device)
+    alphas, sigmas = (c.to(device) for c in step_coefficients(schedule, images.dtype))
     probabilities = step_probabilities(schedule, lambda_share)
     generator = torch.Generator().manual_seed(seed)
     batches = BatchOrder(images.shape[0], batch_size, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    ema = WeightEMA(model, ema_decay)
+    ema = WeightEMA(model, ema_decay)  # on `device`, beside the weights it follows
     result = TrainResult(ema_state_dict={})
     identity = {"run": run or {}, "steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
                 "weight_decay": weight_decay, "ema_decay": ema_decay, "grad_clip": grad_clip, "lr_decay": lr_decay,
                 "lambda_share": lambda_share, "seed": seed, "num_images": images.shape[0],
-                **({"dequantisation_std": dequantisation_std} if dequantisation_std else {})}
+                **({"dequantisation_std": dequantisation_std} if dequantisation_std else {}),
+                **({"device": device.type} if device.type != "cpu" else {})}  # floats differ by device: no mixing
     first_step, time_before = 0, 0.0
     if state_path is not None and Path(state_path).is_file():
         state = load_training_state(state_path, identity)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        ema.shadow, ema.updates = state["ema"], state["ema_updates"]
+        ema.shadow, ema.updates = {k: v.to(device) for k, v in state["ema"].items()}, state["ema_updates"]
         generator.set_state(state["generator"])
         torch.set_rng_state(state["global_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         batches.load_state_dict(state["batches"])
         result.losses, first_step, time_before = list(state["losses"]), state["step"], state["wall_time_s"]
         result.resumed_from = list(state["resumed_from"]) + [first_step]
@@ -248,6 +258,7 @@ def train_noise_predictor(
         state = {"identity": identity, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "ema": ema.shadow, "ema_updates": ema.updates, "generator": generator.get_state(),
                  "global_rng": torch.get_rng_state(), "batches": batches.state_dict(), "losses": result.losses,
+                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
                  "resumed_from": result.resumed_from, "wall_time_s": time_before + time.perf_counter() - start}
         atomic_write(state_path, partial(torch.save, state))
 
@@ -268,6 +279,8 @@ def train_noise_predictor(
             else:
                 n = torch.multinomial(probabilities, x0.shape[0], replacement=True, generator=generator)
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+            if device.type != "cpu":
+                x0, n, noise = x0.to(device), n.to(device), noise.to(device)
             loss = simple_loss(model, x0, n, noise, alphas, sigmas, dequantisation_std)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -280,12 +293,12 @@ def train_noise_predictor(
             if state_path is not None and state_every and (step + 1) % state_every == 0 and step + 1 < steps:
                 save_state(step + 1)
             if snapshot is not None and log_every and (step + 1) % log_every == 0 and step + 1 < steps:
-                snapshot(step + 1, ema.state_dict())
+                snapshot(step + 1, {k: v.cpu() for k, v in ema.state_dict().items()})
             if progress and log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
                 elapsed = time_before + time.perf_counter() - start
                 bar.console.print(f"step {step + 1}/{steps}  loss(last {min(step + 1, log_every)}) "
                                   f"{result.final_loss(log_every):.4f}  {elapsed:.0f}s", highlight=False)
     result.wall_time_s = time_before + time.perf_counter() - start
-    result.ema_state_dict = ema.state_dict()
+    result.ema_state_dict = {k: v.cpu() for k, v in ema.state_dict().items()}
     model.eval()
     return result
