@@ -71,7 +71,9 @@ def test_channels_last_converts_weights_and_inputs_and_computes_the_same():
     fast = accelerate(TinyNet(), channels_last=True)
     assert isinstance(fast, ChannelsLastInput)
     assert fast.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(_sample(fast), eager, rtol=1e-5, atol=1e-5)
+    # fp32 through a solver: other kernels (NHWC, another CPU's SIMD) differ in the last bits and the steps
+    # amplify them to ~5e-5; a layout bug would be O(1)
+    torch.testing.assert_close(_sample(fast), eager, rtol=1e-4, atol=1e-4)
     assert all(fast.net.formats)  # every call saw an NHWC batch
     _sample(fast, channels_last=True)  # an NHWC x_T stays NHWC through the solver's updates
     x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
@@ -82,7 +84,8 @@ def test_channels_last_converts_weights_and_inputs_and_computes_the_same():
 def test_compile_computes_what_the_eager_network_computes():
     net = TinyNet()
     compiled = accelerate(TinyNet(), compile=True)
-    torch.testing.assert_close(_sample(compiled, "dpm2m", 4), _sample(net, "dpm2m", 4), rtol=1e-5, atol=1e-5)
+    # fused kernels round differently; through 4 solver steps that reaches ~5e-5 on some CPUs
+    torch.testing.assert_close(_sample(compiled, "dpm2m", 4), _sample(net, "dpm2m", 4), rtol=1e-4, atol=1e-4)
 
 
 def test_cuda_graphs_need_a_cuda_network():

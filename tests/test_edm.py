@@ -66,12 +66,14 @@ def test_forward_matches_edm_code(name):
     labels = one_hot(data.get("labels"), kwargs["label_dim"])
     with torch.no_grad():
         D = net(data["x"], data["sigma"], labels)
-        torch.testing.assert_close(D, reference[f"{name}/D"], rtol=1e-5, atol=1e-5)
+        # the reference was computed on another CPU: fp32 convolutions there round differently (up to 1e-4
+        # on these outputs of size ~1 after a dozen layers); a wiring difference would be O(0.1)
+        torch.testing.assert_close(D, reference[f"{name}/D"], rtol=1e-4, atol=1e-4)
         # informative: the U-Net's share of D is far from zero at every σ
         assert (D - data["x"] * net.coefficients(data["sigma"].reshape(-1, 1, 1, 1))[0]).abs().amax(dim=(1, 2, 3)).min() > 1e-3
         if kwargs.get("augment_dim"):
             D_aug = net(data["x"], data["sigma"], labels, augment_labels=data["augment_labels"])
-            torch.testing.assert_close(D_aug, reference[f"{name}/D_augment"], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(D_aug, reference[f"{name}/D_augment"], rtol=1e-4, atol=1e-4)
             assert not torch.allclose(D_aug, D)
 
 

@@ -57,7 +57,9 @@ def test_matches_the_codebase_loop(gmm, x_T, case):
     x, info = run(gmm, x_T, case["solver"], case["steps"], case["skip"], case["protocol"])
     assert info.nfe == case["calls"]  # the network calls the codebase's loop made
     ref = torch.tensor(case["x"], dtype=torch.float64)
-    assert torch.allclose(x, ref, atol=1e-12, rtol=0), float((x - ref).abs().max())
+    # float64; the reference was written on another CPU, whose vectorised exp/log differ in the last bits
+    # (2e-12 after F-PNDM's steps); any difference in the loop's formulas is above 1e-6
+    assert torch.allclose(x, ref, atol=1e-10, rtol=0), float((x - ref).abs().max())
 
 
 def test_float32_samples_run_the_same_loop(gmm, x_T):
