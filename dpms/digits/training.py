@@ -141,20 +141,21 @@ def train_digits_ddpm(
               "gaussian-conditional": "dequantised: + N(0, (1/32)^2) per pixel (a quarter of one grey level's width), "
                                       "folded into the forward noise, target E[eps | x_n, levels] (simple_loss)"}
     data = f"{what}, in [-1,1]; {spread[dequantisation]}; no other augmentation"
+    folded = dequantisation == "gaussian-conditional"  # the spread goes into the noise, not into the batches
     schedule_text = {"cosine": f"linear warm-up over {warmup_steps} steps, then cosine decay to 0 at step {steps}",
                      "constant": "linear warm-up then constant"}.get(lr_decay, lr_decay)
     settings = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
                 "lr_schedule": schedule_text, "optimizer": "AdamW(weight_decay=0)", "grad_clip": 1.0,
                 "ema_decay": ema_decay, "loss": "L_simple: mean squared error of the eps prediction" + (
-                    " against E[eps | x_n, levels]" if dequantisation == "gaussian-conditional" else ""),
+                    " against E[eps | x_n, levels]" if folded else ""),
                 "steps_n": ("uniform over 0..999 (DDPM)" if lambda_share == 0 else
                             f"drawn from ({1 - lambda_share:g} x uniform in n + {lambda_share:g} x uniform in lambda) (step_probabilities)"),
                 "data": data}
     result = train_noise_predictor(model, images, digits_schedule(), steps=steps, batch_size=batch_size, lr=lr,
                                    warmup_steps=warmup_steps, ema_decay=ema_decay, lr_decay=lr_decay,
                                    lambda_share=lambda_share, seed=seed, progress=progress,
-                                   data_transform=None if dequantisation in ("none", "gaussian-conditional") else partial(dequantise, kind=dequantisation),
-                                   dequantisation_std=GAUSSIAN_DEQUANTISATION_STD if dequantisation == "gaussian-conditional" else 0.0,
+                                   data_transform=None if dequantisation == "none" or folded else partial(dequantise, kind=dequantisation),
+                                   dequantisation_std=GAUSSIAN_DEQUANTISATION_STD if folded else 0.0,
                                    log_every=log_every, snapshot=snapshot, console=console, state_path=state_path, run=settings,
                                    device=device)
     return result, settings

@@ -52,7 +52,8 @@ class WeightEMA:
         self.updates += 1
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {k: v.clone() for k, v in self.shadow.items()}
+        """A copy of the averaged weights, on the CPU wherever they were averaged."""
+        return {k: v.to("cpu", copy=True) for k, v in self.shadow.items()}
 
 
 @dataclass
@@ -279,8 +280,7 @@ def train_noise_predictor(
             else:
                 n = torch.multinomial(probabilities, x0.shape[0], replacement=True, generator=generator)
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-            if device.type != "cpu":
-                x0, n, noise = x0.to(device), n.to(device), noise.to(device)
+            x0, n, noise = x0.to(device), n.to(device), noise.to(device)  # no copy on the CPU
             loss = simple_loss(model, x0, n, noise, alphas, sigmas, dequantisation_std)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -293,12 +293,12 @@ def train_noise_predictor(
             if state_path is not None and state_every and (step + 1) % state_every == 0 and step + 1 < steps:
                 save_state(step + 1)
             if snapshot is not None and log_every and (step + 1) % log_every == 0 and step + 1 < steps:
-                snapshot(step + 1, {k: v.cpu() for k, v in ema.state_dict().items()})
+                snapshot(step + 1, ema.state_dict())
             if progress and log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
                 elapsed = time_before + time.perf_counter() - start
                 bar.console.print(f"step {step + 1}/{steps}  loss(last {min(step + 1, log_every)}) "
                                   f"{result.final_loss(log_every):.4f}  {elapsed:.0f}s", highlight=False)
     result.wall_time_s = time_before + time.perf_counter() - start
-    result.ema_state_dict = {k: v.cpu() for k, v in ema.state_dict().items()}
+    result.ema_state_dict = ema.state_dict()
     model.eval()
     return result
