@@ -60,7 +60,7 @@ def test_issue_17_recipe_trains_on_the_train_split_dequantised_with_cosine_decay
     train, held_out = digits.digits_split()
     assert torch.equal(seen["images"], digits.load_digits_images()[train])
     transform = seen["kwargs"]["data_transform"]
-    assert seen["kwargs"]["lr_decay"] == "cosine" and transform.func is digits.dequantise and transform.keywords == {"kind": "uniform"}
+    assert seen["kwargs"]["lr_decay"] == "cosine" and transform.func is digits.dequantise and transform.keywords["kind"] == "uniform"
     assert "360 held out" in settings["data"] and "dequantised" in settings["data"]
     _, first = digits.train_digits_ddpm(steps=1, progress=False, held_out=False, dequantisation="none", lr_decay="constant")
     assert seen["images"].shape[0] == 1797 and seen["kwargs"]["data_transform"] is None
@@ -86,7 +86,7 @@ def test_defaults_everywhere_are_the_recipe_the_shipped_card_records(monkeypatch
     assert card.get("steps_n", "uniform over 0..999 (DDPM)").startswith("uniform over") == (recipe["lambda_share"] == 0)
     if recipe["lambda_share"]:
         assert f"{recipe['lambda_share']:g} x uniform in lambda" in card["steps_n"]
-    keys = ("steps", "held_out", "dequantisation", "lr", "lr_decay", "lambda_share")
+    keys = ("steps", "held_out", "dequantisation", "dequantisation_std", "lr", "lr_decay", "lambda_share")
     defaults = {name: p.default for name, p in inspect.signature(digits.train_digits_ddpm).parameters.items()}
     assert {key: defaults[key] for key in keys} == {k: v for k, v in recipe.items() if k != "threads"}
     seen = {}
@@ -256,5 +256,34 @@ def test_gaussian_conditional_trains_on_the_levels_with_the_spread_folded_into_t
     assert seen["data_transform"] is None and seen["dequantisation_std"] == digits.GREY_LEVEL_SPACING / 4
     assert "folded into the forward noise" in settings["data"] and "E[eps | x_n, levels]" in settings["loss"]
     digits.train_digits_ddpm(steps=1, progress=False, dequantisation="gaussian")
-    assert seen["dequantisation_std"] == 0.0 and seen["data_transform"].keywords == {"kind": "gaussian"}
+    assert seen["dequantisation_std"] == 0.0 and seen["data_transform"].keywords == {"kind": "gaussian", "std": digits.GREY_LEVEL_SPACING / 4}
     assert torch.equal(digits.dequantise(torch.ones(3), torch.Generator(), "gaussian-conditional"), torch.ones(3))
+
+
+def test_dequantisation_std_sets_both_gaussian_spreads_and_the_card_says_which(monkeypatch):
+    seen = {}
+
+    def fake_train(model, images, schedule, **kwargs):
+        seen.update(kwargs)
+        from dpms.training import TrainResult
+
+        return TrainResult(ema_state_dict={}, losses=[1.0])
+
+    monkeypatch.setattr("dpms.digits.training.train_noise_predictor", fake_train)
+    d = digits.GREY_LEVEL_SPACING / 8
+    _, settings = digits.train_digits_ddpm(steps=1, progress=False, dequantisation="gaussian-conditional", dequantisation_std=d)
+    assert seen["dequantisation_std"] == d and "N(0, (0.015625)^2)" in settings["data"] and "0.125 of one grey level" in settings["data"]
+    _, settings = digits.train_digits_ddpm(steps=1, progress=False, dequantisation="gaussian", dequantisation_std=d)
+    x = digits.load_digits_images()[:200].repeat(20, 1, 1, 1)
+    offset = seen["data_transform"](x, torch.Generator().manual_seed(0)) - x
+    assert offset.std().item() == pytest.approx(d, rel=0.02)
+    with pytest.raises(ValueError, match="dequantisation_std must be positive"):
+        digits.train_digits_ddpm(steps=1, progress=False, dequantisation_std=0.0)
+
+
+def test_dequantise_std_outside_its_range_is_one_line(tmp_path, capsys):
+    from dpms.cli import main
+
+    code = main(["train", "digits", "--dequantise-std", "0", "--out", str(tmp_path)])
+    assert code == 2 and capsys.readouterr().err.startswith("error: --dequantise-std must be above 0")
+    assert not any(tmp_path.iterdir())

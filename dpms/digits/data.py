@@ -74,13 +74,14 @@ GAUSSIAN_DEQUANTISATION_STD = GREY_LEVEL_SPACING / 4
 # check), each pixel spread by N(0, (1/32)^2) in every batch, peak rate 6e-4 decayed by a cosine to 0 over
 # 16,000 steps, one torch thread (the float result depends on the thread count).
 SHIPPED_RECIPE = {"steps": 16000, "held_out": True, "dequantisation": "gaussian", "lr": 6e-4, "lr_decay": "cosine",
-                  "lambda_share": 0.0, "threads": 1}
+                  "lambda_share": 0.0, "dequantisation_std": GAUSSIAN_DEQUANTISATION_STD, "threads": 1}
 
 
-def dequantise(x0: Tensor, generator: torch.Generator, kind: str = "uniform") -> Tensor:
+def dequantise(x0: Tensor, generator: torch.Generator, kind: str = "uniform",
+               std: float = GAUSSIAN_DEQUANTISATION_STD) -> Tensor:
     """Spread each pixel around its grey level: `uniform` adds U(−s/2, s/2) with s = 2/16, the level's bin
     (dequantisation as in likelihood training on 8-bit data, centred on the level so that each pixel's mean
-    is unchanged); `gaussian` adds N(0, (s/4)²), about the same spread (std s/4 against s/√12) with no edge.
+    is unchanged); `gaussian` adds N(0, (s/4)²), about the same spread (std s/4 against s/√12) with no edge; `std` sets another Gaussian spread.
     (`gaussian-conditional` is the same data, but the spread is folded into the training noise instead of
     drawn here: see `simple_loss`; this function returns the levels for it.)
 
@@ -94,7 +95,7 @@ def dequantise(x0: Tensor, generator: torch.Generator, kind: str = "uniform") ->
     if kind == "uniform":
         return x0 + (torch.rand(x0.shape, generator=generator, dtype=x0.dtype) - 0.5) * GREY_LEVEL_SPACING
     if kind == "gaussian":
-        return x0 + torch.randn(x0.shape, generator=generator, dtype=x0.dtype) * GAUSSIAN_DEQUANTISATION_STD
+        return x0 + torch.randn(x0.shape, generator=generator, dtype=x0.dtype) * std
     if kind in ("none", "gaussian-conditional"):
         return x0
     raise ValueError(f"dequantisation must be one of {', '.join(DEQUANTISATIONS)}, got {kind!r}")

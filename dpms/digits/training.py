@@ -20,7 +20,7 @@ from ..atomic import atomic_write, atomic_write_text
 from ..errors import DpmsError
 from ..training import train_noise_predictor
 from .classifier import FEATURE_DIM, DigitsClassifier, augment, classifier_accuracy, feature_statistics, load_digits_classifier
-from .data import (CLASSIFIER_FILE, DDPM_FILE, DEQUANTISATIONS, DIGITS_DIR, GAUSSIAN_DEQUANTISATION_STD, HELD_OUT_SIZE, SAMPLES_FILE, SHIPPED_RECIPE, SPLIT_SEED, STATS_FILE, TRAIN_STATE_FILE, dequantise,
+from .data import (CLASSIFIER_FILE, DDPM_FILE, DEQUANTISATIONS, DIGITS_DIR, GREY_LEVEL_SPACING, HELD_OUT_SIZE, SAMPLES_FILE, SHIPPED_RECIPE, SPLIT_SEED, STATS_FILE, TRAIN_STATE_FILE, dequantise,
                    digits_split, load_digits_images, load_digits_labels, sha256_of)
 from .model import DIGITS_DDPM_CONFIG, DIGITS_SCHEDULE_SPEC, build_digits_ddpm, digits_schedule, load_digits_ddpm
 from .sampling import evaluate_digits_samples, nearest_neighbour_statistics, ode_range_statistics, sample_digits, save_sample_grid
@@ -101,6 +101,7 @@ def train_digits_ddpm(
     lr_decay: str = SHIPPED_RECIPE["lr_decay"],
     dequantisation: str = SHIPPED_RECIPE["dequantisation"],
     lambda_share: float = SHIPPED_RECIPE["lambda_share"],
+    dequantisation_std: float = SHIPPED_RECIPE["dequantisation_std"],
     held_out: bool = SHIPPED_RECIPE["held_out"],
     images: Tensor | None = None,
     progress: bool = True,
@@ -118,7 +119,7 @@ def train_digits_ddpm(
     dequantisation "none", lr 2e-4, lr_decay "constant" and 6,000 steps); `dequantisation` ("uniform" |
     "gaussian") applies `dequantise` to every batch, "gaussian-conditional" folds the Gaussian spread into
     the training noise and regresses on the conditional expectation of ε (`simple_loss`: same minimiser, less
-    variance where σ is below the spread); `lr_decay="cosine"` decays the rate to 0;
+    variance where σ is below the spread); `dequantisation_std` is the std of both Gaussian spreads; `lr_decay="cosine"` decays the rate to 0;
     `lambda_share` draws that share of the steps n uniformly in λ (`step_probabilities`). `images` replaces
     the data. With `state_path` the run writes its state there every 1,000 steps and resumes from it
     (`train_noise_predictor`). `device` ("cpu", "cuda") is where the network trains.
@@ -135,10 +136,15 @@ def train_digits_ddpm(
         what = f"{images.shape[0]} given images"
     if dequantisation not in DEQUANTISATIONS:
         raise ValueError(f"dequantisation must be one of {', '.join(DEQUANTISATIONS)}, got {dequantisation!r}")
+    if not dequantisation_std > 0:
+        raise ValueError(f"dequantisation_std must be positive, got {dequantisation_std}")
+    quarter = dequantisation_std == GREY_LEVEL_SPACING / 4  # the shipped spread, named as its card names it
+    gaussian = ("N(0, (1/32)^2) per pixel (a quarter of one grey level's width)" if quarter else
+                f"N(0, ({dequantisation_std:.6g})^2) per pixel ({dequantisation_std / GREY_LEVEL_SPACING:.6g} of one grey level's width)")
     spread = {"none": "not dequantised",
               "uniform": "dequantised: + U(-1/16, 1/16) per pixel per batch (one grey level's width, centred)",
-              "gaussian": "dequantised: + N(0, (1/32)^2) per pixel per batch (a quarter of one grey level's width)",
-              "gaussian-conditional": "dequantised: + N(0, (1/32)^2) per pixel (a quarter of one grey level's width), "
+              "gaussian": f"dequantised: + {gaussian.replace(' per pixel', ' per pixel per batch')}",
+              "gaussian-conditional": f"dequantised: + {gaussian}, "
                                       "folded into the forward noise, target E[eps | x_n, levels] (simple_loss)"}
     data = f"{what}, in [-1,1]; {spread[dequantisation]}; no other augmentation"
     folded = dequantisation == "gaussian-conditional"  # the spread goes into the noise, not into the batches
@@ -150,12 +156,12 @@ def train_digits_ddpm(
                     " against E[eps | x_n, levels]" if folded else ""),
                 "steps_n": ("uniform over 0..999 (DDPM)" if lambda_share == 0 else
                             f"drawn from ({1 - lambda_share:g} x uniform in n + {lambda_share:g} x uniform in lambda) (step_probabilities)"),
-                "data": data}
+                "data": data, **({"dequantisation_std": dequantisation_std} if dequantisation.startswith("gaussian") else {})}
     result = train_noise_predictor(model, images, digits_schedule(), steps=steps, batch_size=batch_size, lr=lr,
                                    warmup_steps=warmup_steps, ema_decay=ema_decay, lr_decay=lr_decay,
                                    lambda_share=lambda_share, seed=seed, progress=progress,
-                                   data_transform=None if dequantisation == "none" or folded else partial(dequantise, kind=dequantisation),
-                                   dequantisation_std=GAUSSIAN_DEQUANTISATION_STD if folded else 0.0,
+                                   data_transform=None if dequantisation == "none" or folded else partial(dequantise, kind=dequantisation, std=dequantisation_std),
+                                   dequantisation_std=dequantisation_std if folded else 0.0,
                                    log_every=log_every, snapshot=snapshot, console=console, state_path=state_path, run=settings,
                                    device=device)
     return result, settings
@@ -204,7 +210,7 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
     weights are also written every that many steps to DIRECTORY/snapshots/step<N>.pt, to inspect a run.
     The run keeps its state in DIRECTORY/train_state.pt (every 1,000 steps) until its weights are written, so
     the same command resumes an interrupted run.
-    `recipe` goes to `train_digits_ddpm` (held_out, dequantisation, lr, lr_decay, lambda_share, device).
+    `recipe` goes to `train_digits_ddpm` (held_out, dequantisation, dequantisation_std, lr, lr_decay, lambda_share, device).
     """
     start = time.perf_counter()
     console = console or Console()
@@ -273,6 +279,6 @@ def check_digits_ddpm(directory: Path | None = None, card: dict | None = None, c
                   f"held-out→train {neighbours['held_out_to_train_split']['median']:.3f}", highlight=False)
     spill = card["check_ode_range"]
     console.print(f"DDIM-1000 pixels within ±1.1: {spill['fraction_pixels_within_1.1']:.5f}; spread beyond −1 / 1 "
-                  f"(RMS; the data's Gaussian dequantisation: 0.031): {spill['rms_beyond_-1'] or 0:.4f} / {spill['rms_beyond_1'] or 0:.4f}",
+                  f"(RMS; the data's Gaussian dequantisation: {card.get('dequantisation_std', GREY_LEVEL_SPACING / 4):.3g}): {spill['rms_beyond_-1'] or 0:.4f} / {spill['rms_beyond_1'] or 0:.4f}",
                   highlight=False)
     return card
