@@ -324,6 +324,7 @@ def train_digits_command(
     held_out: bool = typer.Option(SHIPPED_RECIPE["held_out"], "--held-out/--all-digits", help="train on the 1,437 train-split digits (default, as the shipped weights; the 360 others stay unseen) or on all 1,797"),
     dequantise: str = typer.Option(SHIPPED_RECIPE["dequantisation"], help="spread each pixel around its grey level in every batch: none, uniform (over its bin), gaussian (std a quarter bin) or gaussian-conditional (the same spread folded into the noise, regressing on E[eps | x_n, levels])"),
     dequantise_std: float = typer.Option(SHIPPED_RECIPE["dequantisation_std"], help="std of the gaussian and gaussian-conditional spreads, in data units ([-1, 1]; one grey level is 1/8)"),
+    dropout: float = typer.Option(SHIPPED_RECIPE["dropout"], help="the U-Net's dropout rate in training, 0 to below 1"),
     lr: float = typer.Option(SHIPPED_RECIPE["lr"], help="peak learning rate (AdamW), reached after 500 warm-up steps"),
     lr_decay: str = typer.Option(SHIPPED_RECIPE["lr_decay"], help="learning rate after warm-up: constant or cosine (to 0 at the last step)"),
     lambda_share: float = typer.Option(SHIPPED_RECIPE["lambda_share"], help="share of the training steps n drawn uniformly in half-log-SNR λ instead of uniformly in n (more of the low-noise end), 0 to 1"),
@@ -347,6 +348,8 @@ def train_digits_command(
         raise DpmsError(f"--lambda-share must be between 0 and 1, got {lambda_share}")
     if not 0.0 < dequantise_std <= 0.5:
         raise DpmsError(f"--dequantise-std must be above 0 and at most 0.5 (data units; one grey level is 0.125), got {dequantise_std}")
+    if not 0.0 <= dropout < 1.0:
+        raise DpmsError(f"--dropout must be at least 0 and below 1, got {dropout}")
     set_threads(threads)
     check_device(device)
     if not check_only:
@@ -364,7 +367,7 @@ def train_digits_command(
         raise DpmsError(f"--lr-decay must be one of {', '.join(LR_DECAYS)}, got {lr_decay!r}")
     card = reproduce_digits_ddpm(steps=steps, seed=seed, directory=out, console=console, check_samples=check_samples,
                                  snapshot_every=snapshot_every, held_out=held_out, dequantisation=dequantise,
-                                 dequantisation_std=dequantise_std, lr=lr,
+                                 dequantisation_std=dequantise_std, dropout=dropout, lr=lr,
                                  lr_decay=lr_decay, lambda_share=lambda_share, device=device)
     check = card[f"check_ddim50_{check_samples}_samples"]
     console.print(f"final loss {card['final_loss_last_500_steps']:.4f}, {card['wall_time_s']:.0f} s; "

@@ -86,7 +86,8 @@ def test_defaults_everywhere_are_the_recipe_the_shipped_card_records(monkeypatch
     assert card.get("steps_n", "uniform over 0..999 (DDPM)").startswith("uniform over") == (recipe["lambda_share"] == 0)
     if recipe["lambda_share"]:
         assert f"{recipe['lambda_share']:g} x uniform in lambda" in card["steps_n"]
-    keys = ("steps", "held_out", "dequantisation", "dequantisation_std", "lr", "lr_decay", "lambda_share")
+    assert card["config"]["dropout"] == recipe["dropout"]
+    keys = ("steps", "held_out", "dequantisation", "dequantisation_std", "dropout", "lr", "lr_decay", "lambda_share")
     defaults = {name: p.default for name, p in inspect.signature(digits.train_digits_ddpm).parameters.items()}
     assert {key: defaults[key] for key in keys} == {k: v for k, v in recipe.items() if k != "threads"}
     seen = {}
@@ -286,4 +287,31 @@ def test_dequantise_std_outside_its_range_is_one_line(tmp_path, capsys):
 
     code = main(["train", "digits", "--dequantise-std", "0", "--out", str(tmp_path)])
     assert code == 2 and capsys.readouterr().err.startswith("error: --dequantise-std must be above 0")
+    assert not any(tmp_path.iterdir())
+
+
+def test_dropout_is_the_trained_networks_and_the_cards(monkeypatch):
+    seen = {}
+
+    def fake_train(model, images, schedule, **kwargs):
+        seen["rates"] = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        seen["run"] = kwargs["run"]
+        from dpms.training import TrainResult
+
+        return TrainResult(ema_state_dict={}, losses=[1.0])
+
+    monkeypatch.setattr("dpms.digits.training.train_noise_predictor", fake_train)
+    _, settings = digits.train_digits_ddpm(steps=1, progress=False, dropout=0.0)
+    assert seen["rates"] == {0.0} and settings["dropout"] == 0.0 and seen["run"]["dropout"] == 0.0
+    digits.train_digits_ddpm(steps=1, progress=False)
+    assert seen["rates"] == {digits.SHIPPED_RECIPE["dropout"]}
+    with torch.device("meta"):
+        assert list(digits.build_digits_ddpm(0.0).state_dict()) == list(digits.build_digits_ddpm().state_dict())
+
+
+def test_dropout_outside_its_range_is_one_line(tmp_path, capsys):
+    from dpms.cli import main
+
+    code = main(["train", "digits", "--dropout", "1", "--out", str(tmp_path)])
+    assert (code, capsys.readouterr().err) == (2, "error: --dropout must be at least 0 and below 1, got 1.0\n")
     assert not any(tmp_path.iterdir())

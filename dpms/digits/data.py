@@ -74,7 +74,7 @@ GAUSSIAN_DEQUANTISATION_STD = GREY_LEVEL_SPACING / 4
 # check), each pixel spread by N(0, (1/32)^2) in every batch, peak rate 6e-4 decayed by a cosine to 0 over
 # 16,000 steps, one torch thread (the float result depends on the thread count).
 SHIPPED_RECIPE = {"steps": 16000, "held_out": True, "dequantisation": "gaussian", "lr": 6e-4, "lr_decay": "cosine",
-                  "lambda_share": 0.0, "dequantisation_std": GAUSSIAN_DEQUANTISATION_STD, "threads": 1}
+                  "lambda_share": 0.0, "dequantisation_std": GAUSSIAN_DEQUANTISATION_STD, "dropout": 0.1, "threads": 1}
 
 
 def dequantise(x0: Tensor, generator: torch.Generator, kind: str = "uniform",

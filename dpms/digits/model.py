@@ -25,9 +25,10 @@ def digits_schedule() -> NoiseSchedule:
     return NoiseSchedule.from_spec(DIGITS_SCHEDULE_SPEC)
 
 
-def build_digits_ddpm() -> nn.Module:
-    """The digits U-Net with the registry's configuration, randomly initialised."""
-    return build("ddpm", DIGITS_DDPM_CONFIG)
+def build_digits_ddpm(dropout: float | None = None) -> nn.Module:
+    """The digits U-Net with the registry's configuration, randomly initialised; `dropout` replaces the
+    configuration's rate (it acts in training only: the weights are the same shapes either way)."""
+    return build("ddpm", DIGITS_DDPM_CONFIG if dropout is None else {**DIGITS_DDPM_CONFIG, "dropout": dropout})
 
 
 def load_digits_ddpm(device="cpu", directory: Path | None = None) -> nn.Module:

@@ -102,6 +102,7 @@ def train_digits_ddpm(
     dequantisation: str = SHIPPED_RECIPE["dequantisation"],
     lambda_share: float = SHIPPED_RECIPE["lambda_share"],
     dequantisation_std: float = SHIPPED_RECIPE["dequantisation_std"],
+    dropout: float = SHIPPED_RECIPE["dropout"],
     held_out: bool = SHIPPED_RECIPE["held_out"],
     images: Tensor | None = None,
     progress: bool = True,
@@ -119,13 +120,16 @@ def train_digits_ddpm(
     dequantisation "none", lr 2e-4, lr_decay "constant" and 6,000 steps); `dequantisation` ("uniform" |
     "gaussian") applies `dequantise` to every batch, "gaussian-conditional" folds the Gaussian spread into
     the training noise and regresses on the conditional expectation of ε (`simple_loss`: same minimiser, less
-    variance where σ is below the spread); `dequantisation_std` is the std of both Gaussian spreads; `lr_decay="cosine"` decays the rate to 0;
+    variance where σ is below the spread); `dequantisation_std` is the std of both Gaussian spreads; `dropout` is the U-Net's
+    dropout rate in training; `lr_decay="cosine"` decays the rate to 0;
     `lambda_share` draws that share of the steps n uniformly in λ (`step_probabilities`). `images` replaces
     the data. With `state_path` the run writes its state there every 1,000 steps and resumes from it
     (`train_noise_predictor`). `device` ("cpu", "cuda") is where the network trains.
     """
     torch.manual_seed(seed)  # initialisation and dropout
-    model = build_digits_ddpm()
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    model = build_digits_ddpm(dropout)
     if images is None and held_out:
         images = load_digits_images()[digits_split()[0]]
         what = f"sklearn load_digits, the {images.shape[0]} digits of the train split (digits_split; {HELD_OUT_SIZE} held out)"
@@ -150,7 +154,7 @@ def train_digits_ddpm(
     folded = dequantisation == "gaussian-conditional"  # the spread goes into the noise, not into the batches
     schedule_text = {"cosine": f"linear warm-up over {warmup_steps} steps, then cosine decay to 0 at step {steps}",
                      "constant": "linear warm-up then constant"}.get(lr_decay, lr_decay)
-    settings = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
+    settings = {"steps": steps, "seed": seed, "dropout": dropout, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
                 "lr_schedule": schedule_text, "optimizer": "AdamW(weight_decay=0)", "grad_clip": 1.0,
                 "ema_decay": ema_decay, "loss": "L_simple: mean squared error of the eps prediction" + (
                     " against E[eps | x_n, levels]" if folded else ""),
@@ -210,7 +214,7 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
     weights are also written every that many steps to DIRECTORY/snapshots/step<N>.pt, to inspect a run.
     The run keeps its state in DIRECTORY/train_state.pt (every 1,000 steps) until its weights are written, so
     the same command resumes an interrupted run.
-    `recipe` goes to `train_digits_ddpm` (held_out, dequantisation, dequantisation_std, lr, lr_decay, lambda_share, device).
+    `recipe` goes to `train_digits_ddpm` (held_out, dequantisation, dequantisation_std, dropout, lr, lr_decay, lambda_share, device).
     """
     start = time.perf_counter()
     console = console or Console()
@@ -227,7 +231,7 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
     seconds_per_step = result.wall_time_s / steps
     console.print(f"trained {steps} steps in {result.wall_time_s:.1f} s: {seconds_per_step:.4f} s/step "
                   f"(batch {settings['batch_size']}, {torch.get_num_threads()} torch threads)", highlight=False)
-    card = {"architecture": "ddpm", "config": DIGITS_DDPM_CONFIG, "schedule": DIGITS_SCHEDULE_SPEC,
+    card = {"architecture": "ddpm", "config": {**DIGITS_DDPM_CONFIG, "dropout": settings["dropout"]}, "schedule": DIGITS_SCHEDULE_SPEC,
             "model_type": "noise", "time_input": "integer step n in [0, 999]; t_n = (n+1)/1000 (time_map='discrete')",
             "weights": "EMA", **settings, "final_loss_last_500_steps": round(result.final_loss(500), 5),
             f"loss_curve_mean_per_{LOSS_WINDOW}_steps": loss_curve(result.losses),
