@@ -3,11 +3,11 @@
 For each weights file (default: the shipped checkpoints/digits/digits_ddpm.pt; snapshots written by
 `dpms train digits --snapshot-every N` work too), draws `--num` samples of seed 0 with DDIM at `--nfe` steps
 (the card's check: `dpms.digits.ode_range_statistics`) and prints its `range_statistics` (fraction of pixels within
-±1.1, range, RMS spread beyond −1 and beyond 1; the data's is 1/32 ≈ 0.031) and, along the same DDIM
+±1.1, range, RMS spread beyond −1 and beyond 1; the data's is the dequantisation's std, `--data-std`) and, along the same DDIM
 trajectory, the fraction of the x₀ prediction (x − σ ε)/α beyond ±1.1 at a few values of σ/α — which
 stretch of the ODE makes the overshoot.
 
-    python benchmarks/digits_range.py [WEIGHTS ...] [--num 200] [--nfe 1000]
+    python benchmarks/digits_range.py [WEIGHTS ...] [--num 200] [--nfe 1000] [--data-std D]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dpms.digits import DDPM_FILE, DIGITS_DIR, build_digits_ddpm, range_statistics
+from dpms.digits import DDPM_FILE, DIGITS_DIR, SHIPPED_RECIPE, build_digits_ddpm, range_statistics
 from dpms.digits.model import PRESET
 from dpms.target import load_target
 
@@ -52,12 +52,14 @@ def main() -> None:
     parser.add_argument("weights", nargs="*", type=Path, default=[DIGITS_DIR / DDPM_FILE])
     parser.add_argument("--num", type=int, default=200)
     parser.add_argument("--nfe", type=int, default=1000)
+    parser.add_argument("--data-std", type=float, default=SHIPPED_RECIPE["dequantisation_std"],
+                        help="the training data's spread per level, printed beside the samples' (default: the shipped recipe's)")
     args = parser.parse_args()
     for weights in args.weights:
         stats, path = trajectory(weights, args.num, args.nfe)
         print(f"{weights}: DDIM-{args.nfe}, {args.num} samples: within ±1.1 {stats['fraction_pixels_within_1.1']:.5f}, "
               f"range {stats['pixel_range'][0]:.3f} … {stats['pixel_range'][1]:.3f}, spread beyond −1 / 1 "
-              f"{stats['rms_beyond_-1'] or 0:.4f} / {stats['rms_beyond_1'] or 0:.4f} (data 0.0312)")
+              f"{stats['rms_beyond_-1'] or 0:.4f} / {stats['rms_beyond_1'] or 0:.4f} (data {args.data_std:.4f})")
         print("  x₀ prediction beyond ±1.1 along the way: " + ", ".join(f"σ/α {r:.3g}: {f:.4f}" for r, f in path))
 
 

@@ -100,8 +100,8 @@ def range_statistics(samples: Tensor) -> dict:
     """How far samples in [−1, 1] spill over the data's range: the fraction of pixels within ±1.1, the range,
     and the spread beyond each end, as the root mean square of x + 1 over pixels below −1 (and of x − 1 over
     those above 1). Only the background level −1 (and only full ink, 1) has pixels beyond its end, so each is
-    the spread of one level's lower (upper) half: the training data's is the dequantisation's (N(0, (1/32)²):
-    1/32 ≈ 0.031; uniform over the bin: 1/(16√3) ≈ 0.036), and a model whose levels are wider than the data's
+    the spread of one level's lower (upper) half: the training data's is the dequantisation's (N(0, d²): d,
+    `dpms train digits --dequantise-std`; uniform over the bin: 1/(16√3) ≈ 0.036), and a model whose levels are wider than the data's
     is what puts pixels beyond ±1.1."""
     below, above = samples[samples < -1.0] + 1.0, samples[samples > 1.0] - 1.0
 
@@ -117,7 +117,8 @@ def range_statistics(samples: Tensor) -> dict:
 def ode_range_statistics(model: nn.Module, num_samples: int = 200, nfe: int = 1000, seed: int = 0) -> dict:
     """Does the model's own ODE solution stay in the data range? `range_statistics` of DDIM samples with `nfe`
     steps — close to the converged ODE solution, so this is the model's property, not a solver's. (The data,
-    dequantised, lie within [−1.1, 1.1] but for 0.04 % of pixels with the Gaussian spread, none uniformly.)"""
+    dequantised, lie within [−1.1, 1.1] but for 0.04 % of pixels with the Gaussian spread d = 1/32, none
+    with d ≤ 1/48 or uniformly.)"""
     samples = sample_digits(model, num_samples, solver="ddim", nfe=nfe, seed=seed)
     return {"num_samples": num_samples, "solver": f"ddim, {nfe} steps", "seed": seed, **range_statistics(samples)}
 
