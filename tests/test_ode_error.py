@@ -63,8 +63,10 @@ def test_network_ode_error_is_the_mean_distance_to_its_own_high_nfe_solution(tmp
     assert record["ode_error"] == pytest.approx(distances.mean().item(), rel=1e-5)
     assert record["ode_error_std"] == pytest.approx(distances.std(unbiased=False).item(), rel=1e-3)
     agreement = (digits_solution("dpm2m", 24, 2) - reference[:2]).flatten(1).norm(dim=1).mean().item()
+    # a small difference of two float32 solves, batched otherwise here than in the bench: round-off is
+    # amplified (1.7e-5 relative measured on one CPU); another method or sample count is off by far more
     assert {k: v for k, v in record["ode_reference"].items() if k != "key"} == {
-        "num": 4, "method": "dpm3m NFE 24", "check": "dpm2m NFE 24", "check_num": 2, "agreement": pytest.approx(agreement, rel=1e-5),
+        "num": 4, "method": "dpm3m NFE 24", "check": "dpm2m NFE 24", "check_num": 2, "agreement": pytest.approx(agreement, rel=1e-3),
         "tol": 100.0}
     # written next to FD: results.json / csv / md and a figure of its own
     out = tmp_path / "out"

@@ -231,7 +231,7 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
     seconds_per_step = result.wall_time_s / steps
     console.print(f"trained {steps} steps in {result.wall_time_s:.1f} s: {seconds_per_step:.4f} s/step "
                   f"(batch {settings['batch_size']}, {torch.get_num_threads()} torch threads)", highlight=False)
-    card = {"architecture": "ddpm", "config": {**DIGITS_DDPM_CONFIG, "dropout": settings["dropout"]}, "schedule": DIGITS_SCHEDULE_SPEC,
+    card = {"architecture": "ddpm", "config": {**DIGITS_DDPM_CONFIG, "dropout": recipe.get("dropout", SHIPPED_RECIPE["dropout"])}, "schedule": DIGITS_SCHEDULE_SPEC,
             "model_type": "noise", "time_input": "integer step n in [0, 999]; t_n = (n+1)/1000 (time_map='discrete')",
             "weights": "EMA", **settings, "final_loss_last_500_steps": round(result.final_loss(500), 5),
             f"loss_curve_mean_per_{LOSS_WINDOW}_steps": loss_curve(result.losses),
