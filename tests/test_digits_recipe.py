@@ -10,6 +10,22 @@ from dpms import digits
 from dpms.training.diffusion import learning_rate, step_probabilities
 
 
+@pytest.fixture
+def recorded_training(monkeypatch):
+    """Replaces the training loop under `train_digits_ddpm`: each call records the network, the images and
+    the keyword arguments it was given (in the returned dict) and returns an empty result."""
+    from dpms.training import TrainResult
+
+    seen = {}
+
+    def fake_train(model, images, schedule, **kwargs):
+        seen.update(kwargs, model=model, images=images)
+        return TrainResult(ema_state_dict={}, losses=[1.0])
+
+    monkeypatch.setattr("dpms.digits.training.train_noise_predictor", fake_train)
+    return seen
+
+
 def test_learning_rate_warms_up_then_follows_half_a_cosine_to_zero():
     assert learning_rate(0, 1.0, 10, 110, "cosine") == pytest.approx(0.1)
     assert learning_rate(9, 1.0, 10, 110, "cosine") == pytest.approx(1.0)
@@ -46,25 +62,17 @@ def test_gaussian_dequantisation_has_a_quarter_bin_spread_and_no_edge():
         digits.dequantise(x, torch.Generator(), kind="triangular")
 
 
-def test_issue_17_recipe_trains_on_the_train_split_dequantised_with_cosine_decay(monkeypatch):
-    seen = {}
-
-    def fake_train(model, images, schedule, **kwargs):
-        seen["images"], seen["kwargs"] = images, kwargs
-        from dpms.training import TrainResult
-
-        return TrainResult(ema_state_dict={}, losses=[1.0])
-
-    monkeypatch.setattr("dpms.digits.training.train_noise_predictor", fake_train)
+def test_issue_17_recipe_trains_on_the_train_split_dequantised_with_cosine_decay(recorded_training):
+    seen = recorded_training
     _, settings = digits.train_digits_ddpm(steps=1, progress=False, held_out=True, dequantisation="uniform", lr_decay="cosine")
     train, held_out = digits.digits_split()
     assert torch.equal(seen["images"], digits.load_digits_images()[train])
-    transform = seen["kwargs"]["data_transform"]
-    assert seen["kwargs"]["lr_decay"] == "cosine" and transform.func is digits.dequantise and transform.keywords["kind"] == "uniform"
+    transform = seen["data_transform"]
+    assert seen["lr_decay"] == "cosine" and transform.func is digits.dequantise and transform.keywords["kind"] == "uniform"
     assert "360 held out" in settings["data"] and "dequantised" in settings["data"]
     _, first = digits.train_digits_ddpm(steps=1, progress=False, held_out=False, dequantisation="none", lr_decay="constant")
-    assert seen["images"].shape[0] == 1797 and seen["kwargs"]["data_transform"] is None
-    assert seen["kwargs"]["lr_decay"] == "constant" and "not dequantised" in first["data"]
+    assert seen["images"].shape[0] == 1797 and seen["data_transform"] is None
+    assert seen["lr_decay"] == "constant" and "not dequantised" in first["data"]
 
 
 def test_defaults_everywhere_are_the_recipe_the_shipped_card_records(monkeypatch):
@@ -243,16 +251,8 @@ def test_conditional_target_draws_the_same_inputs_and_has_the_same_minimiser_wit
     assert simple_loss(Linear(0.0), x0, n, torch.ones_like(x0), alpha, sigma, dequantisation_std=d).item() == pytest.approx(0.02**2 / tau2)
 
 
-def test_gaussian_conditional_trains_on_the_levels_with_the_spread_folded_into_the_noise(monkeypatch):
-    seen = {}
-
-    def fake_train(model, images, schedule, **kwargs):
-        seen.update(kwargs)
-        from dpms.training import TrainResult
-
-        return TrainResult(ema_state_dict={}, losses=[1.0])
-
-    monkeypatch.setattr("dpms.digits.training.train_noise_predictor", fake_train)
+def test_gaussian_conditional_trains_on_the_levels_with_the_spread_folded_into_the_noise(recorded_training):
+    seen = recorded_training
     _, settings = digits.train_digits_ddpm(steps=1, progress=False, dequantisation="gaussian-conditional")
     assert seen["data_transform"] is None and seen["dequantisation_std"] == digits.GREY_LEVEL_SPACING / 4
     assert "folded into the forward noise" in settings["data"] and "E[eps | x_n, levels]" in settings["loss"]
@@ -261,16 +261,8 @@ def test_gaussian_conditional_trains_on_the_levels_with_the_spread_folded_into_t
     assert torch.equal(digits.dequantise(torch.ones(3), torch.Generator(), "gaussian-conditional"), torch.ones(3))
 
 
-def test_dequantisation_std_sets_both_gaussian_spreads_and_the_card_says_which(monkeypatch):
-    seen = {}
-
-    def fake_train(model, images, schedule, **kwargs):
-        seen.update(kwargs)
-        from dpms.training import TrainResult
-
-        return TrainResult(ema_state_dict={}, losses=[1.0])
-
-    monkeypatch.setattr("dpms.digits.training.train_noise_predictor", fake_train)
+def test_dequantisation_std_sets_both_gaussian_spreads_and_the_card_says_which(recorded_training):
+    seen = recorded_training
     d = digits.GREY_LEVEL_SPACING / 8
     _, settings = digits.train_digits_ddpm(steps=1, progress=False, dequantisation="gaussian-conditional", dequantisation_std=d)
     assert seen["dequantisation_std"] == d and "N(0, (0.015625)^2)" in settings["data"] and "0.125 of one grey level" in settings["data"]
@@ -290,21 +282,16 @@ def test_dequantise_std_outside_its_range_is_one_line(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-def test_dropout_is_the_trained_networks_and_the_cards(monkeypatch):
-    seen = {}
+def test_dropout_is_the_trained_networks_and_the_cards(recorded_training):
+    seen = recorded_training
 
-    def fake_train(model, images, schedule, **kwargs):
-        seen["rates"] = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
-        seen["run"] = kwargs["run"]
-        from dpms.training import TrainResult
+    def rates():
+        return {m.p for m in seen["model"].modules() if isinstance(m, torch.nn.Dropout)}
 
-        return TrainResult(ema_state_dict={}, losses=[1.0])
-
-    monkeypatch.setattr("dpms.digits.training.train_noise_predictor", fake_train)
     _, settings = digits.train_digits_ddpm(steps=1, progress=False, dropout=0.0)
-    assert seen["rates"] == {0.0} and settings["dropout"] == 0.0 and seen["run"]["dropout"] == 0.0
+    assert rates() == {0.0} and settings["dropout"] == 0.0 and seen["run"]["dropout"] == 0.0
     digits.train_digits_ddpm(steps=1, progress=False)
-    assert seen["rates"] == {digits.SHIPPED_RECIPE["dropout"]}
+    assert rates() == {digits.SHIPPED_RECIPE["dropout"]}
     with torch.device("meta"):
         assert list(digits.build_digits_ddpm(0.0).state_dict()) == list(digits.build_digits_ddpm().state_dict())
 

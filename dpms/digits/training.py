@@ -142,13 +142,14 @@ def train_digits_ddpm(
         raise ValueError(f"dequantisation must be one of {', '.join(DEQUANTISATIONS)}, got {dequantisation!r}")
     if not dequantisation_std > 0:
         raise ValueError(f"dequantisation_std must be positive, got {dequantisation_std}")
-    quarter = dequantisation_std == GREY_LEVEL_SPACING / 4  # the shipped spread, named as its card names it
-    gaussian = ("N(0, (1/32)^2) per pixel (a quarter of one grey level's width)" if quarter else
-                f"N(0, ({dequantisation_std:.6g})^2) per pixel ({dequantisation_std / GREY_LEVEL_SPACING:.6g} of one grey level's width)")
+    if dequantisation_std == GREY_LEVEL_SPACING / 4:  # the shipped spread, named as its card names it
+        law, width = "N(0, (1/32)^2)", "a quarter of one grey level's width"
+    else:
+        law, width = f"N(0, ({dequantisation_std:.6g})^2)", f"{dequantisation_std / GREY_LEVEL_SPACING:.6g} of one grey level's width"
     spread = {"none": "not dequantised",
               "uniform": "dequantised: + U(-1/16, 1/16) per pixel per batch (one grey level's width, centred)",
-              "gaussian": f"dequantised: + {gaussian.replace(' per pixel', ' per pixel per batch')}",
-              "gaussian-conditional": f"dequantised: + {gaussian}, "
+              "gaussian": f"dequantised: + {law} per pixel per batch ({width})",
+              "gaussian-conditional": f"dequantised: + {law} per pixel ({width}), "
                                       "folded into the forward noise, target E[eps | x_n, levels] (simple_loss)"}
     data = f"{what}, in [-1,1]; {spread[dequantisation]}; no other augmentation"
     folded = dequantisation == "gaussian-conditional"  # the spread goes into the noise, not into the batches
