@@ -325,6 +325,7 @@ def train_digits_command(
     dequantise: str = typer.Option(SHIPPED_RECIPE["dequantisation"], help="spread each pixel around its grey level in every batch: none, uniform (over its bin), gaussian (std a quarter bin) or gaussian-conditional (the same spread folded into the noise, regressing on E[eps | x_n, levels])"),
     dequantise_std: float = typer.Option(SHIPPED_RECIPE["dequantisation_std"], help="std of the gaussian and gaussian-conditional spreads, in data units ([-1, 1]; one grey level is 1/8)"),
     dropout: float = typer.Option(SHIPPED_RECIPE["dropout"], help="the U-Net's dropout rate in training, 0 to below 1"),
+    shift_augment: float = typer.Option(SHIPPED_RECIPE["shift_probability"], help="share of the digits shifted by one pixel in each batch, 0 to 1; the network is told the shift (non-leaking augmentation: unshifted at sampling)"),
     lr: float = typer.Option(SHIPPED_RECIPE["lr"], help="peak learning rate (AdamW), reached after 500 warm-up steps"),
     lr_decay: str = typer.Option(SHIPPED_RECIPE["lr_decay"], help="learning rate after warm-up: constant or cosine (to 0 at the last step)"),
     lambda_share: float = typer.Option(SHIPPED_RECIPE["lambda_share"], help="share of the training steps n drawn uniformly in half-log-SNR λ instead of uniformly in n (more of the low-noise end), 0 to 1"),
@@ -350,6 +351,8 @@ def train_digits_command(
         raise DpmsError(f"--dequantise-std must be above 0 and at most 0.5 (data units; one grey level is 0.125), got {dequantise_std}")
     if not 0.0 <= dropout < 1.0:
         raise DpmsError(f"--dropout must be at least 0 and below 1, got {dropout}")
+    if not 0.0 <= shift_augment <= 1.0:
+        raise DpmsError(f"--shift-augment must be between 0 and 1 (the share of shifted digits), got {shift_augment}")
     set_threads(threads)
     check_device(device)
     if not check_only:
@@ -367,7 +370,7 @@ def train_digits_command(
         raise DpmsError(f"--lr-decay must be one of {', '.join(LR_DECAYS)}, got {lr_decay!r}")
     card = reproduce_digits_ddpm(steps=steps, seed=seed, directory=out, console=console, check_samples=check_samples,
                                  snapshot_every=snapshot_every, held_out=held_out, dequantisation=dequantise,
-                                 dequantisation_std=dequantise_std, dropout=dropout, lr=lr,
+                                 dequantisation_std=dequantise_std, dropout=dropout, shift_probability=shift_augment, lr=lr,
                                  lr_decay=lr_decay, lambda_share=lambda_share, device=device)
     check = card[f"check_ddim50_{check_samples}_samples"]
     console.print(f"final loss {card['final_loss_last_500_steps']:.4f}, {card['wall_time_s']:.0f} s; "

@@ -288,7 +288,7 @@ def test_unknown_config_key():
         build("ddpm", {**DIGITS_CONFIG, "channels": 3})
     assert str(err.value) == (
         "unknown ddpm config key(s) channels; valid keys: ch, out_ch, ch_mult, num_res_blocks, attn_resolutions, "
-        "resolution, dropout, in_channels, resamp_with_conv"
+        "resolution, dropout, in_channels, resamp_with_conv, augment_dim"
     )
     with pytest.raises(DpmsError, match=r"unknown adm-classifier config key\(s\) num_classes; valid keys: in_channels,"):
         build("adm-classifier", {**TINY_ADM, "pool": "attention"})

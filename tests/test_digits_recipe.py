@@ -95,7 +95,9 @@ def test_defaults_everywhere_are_the_recipe_the_shipped_card_records(monkeypatch
     if recipe["lambda_share"]:
         assert f"{recipe['lambda_share']:g} x uniform in lambda" in card["steps_n"]
     assert card["config"]["dropout"] == recipe["dropout"]
-    keys = ("steps", "held_out", "dequantisation", "dequantisation_std", "dropout", "lr", "lr_decay", "lambda_share")
+    assert ("shifted with probability" in card["data"]) == bool(recipe["shift_probability"])
+    assert card["config"].get("augment_dim", 0) == (digits.SHIFT_AUGMENT_DIM if recipe["shift_probability"] else 0)
+    keys = ("steps", "held_out", "dequantisation", "dequantisation_std", "dropout", "shift_probability", "lr", "lr_decay", "lambda_share")
     defaults = {name: p.default for name, p in inspect.signature(digits.train_digits_ddpm).parameters.items()}
     assert {key: defaults[key] for key in keys} == {k: v for k, v in recipe.items() if k != "threads"}
     seen = {}
@@ -301,4 +303,88 @@ def test_dropout_outside_its_range_is_one_line(tmp_path, capsys):
 
     code = main(["train", "digits", "--dropout", "1", "--out", str(tmp_path)])
     assert (code, capsys.readouterr().err) == (2, "error: --dropout must be at least 0 and below 1, got 1.0\n")
+    assert not any(tmp_path.iterdir())
+
+
+def test_shift_augment_moves_each_digit_by_its_label_and_fills_with_blank():
+    x = digits.load_digits_images()[:300]
+    shifted, labels = digits.shift_augment(x, torch.Generator().manual_seed(0), probability=0.5)
+    assert labels.shape == (300, 2) and set(labels.flatten().tolist()) <= {-1.0, 0.0, 1.0}
+    moved = labels.abs().sum(1) > 0
+    # P(shifted) = 0.5 · 8/9 (a drawn shift may be (0, 0)); 300 draws: ±3 standard deviations
+    assert abs(moved.float().mean().item() - 0.5 * 8 / 9) < 3 * (0.44 * 0.56 / 300) ** 0.5
+    for image, out, (dx, dy) in zip(x, shifted, labels.long().tolist()):
+        expected = torch.full_like(image, -1.0)  # out[y, x] = in[y - dy, x - dx], blank where nothing lands
+        expected[..., max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)] = image[..., max(-dy, 0):8 - max(dy, 0), max(-dx, 0):8 - max(dx, 0)]
+        assert torch.equal(out, expected)
+    assert torch.equal(shifted[~moved], x[~moved])
+    again, again_labels = digits.shift_augment(x, torch.Generator().manual_seed(0), probability=0.5)
+    assert torch.equal(again, shifted) and torch.equal(again_labels, labels)  # seeded by the training generator
+    none, zero = digits.shift_augment(x, torch.Generator().manual_seed(0), probability=0.0)
+    assert torch.equal(none, x) and not zero.any()
+    with pytest.raises(ValueError, match="shift probability"):
+        digits.shift_augment(x, torch.Generator(), probability=1.5)
+
+
+def test_the_network_takes_shift_labels_and_label_zero_is_no_label():
+    """Non-leaking: at sampling the network gets no labels, which must be the unshifted data's label (0)."""
+    torch.manual_seed(0)
+    plain, augmented = digits.build_digits_ddpm().eval(), digits.build_digits_ddpm(augment_dim=2).eval()
+    assert set(augmented.state_dict()) - set(plain.state_dict()) == {"temb.augment.weight"}
+    assert list(plain.state_dict()) == list(digits.build_digits_ddpm(augment_dim=0).state_dict())
+    x, n = torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 500, 999])
+    with torch.no_grad():
+        free = augmented(x, n)
+        assert torch.equal(augmented(x, n, augment_labels=torch.zeros(4, 2)), free)
+        assert not torch.allclose(augmented(x, n, augment_labels=torch.tensor([[1.0, 0.0]] * 4)), free)
+        with pytest.raises(ValueError, match="without augment_dim"):
+            plain(x, n, augment_labels=torch.zeros(4, 2))
+
+
+def test_training_gives_the_network_each_batchs_shift_labels(monkeypatch):
+    from functools import partial
+
+    from dpms.training import train_noise_predictor
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, n, augment_labels=None):
+            seen.append(augment_labels)
+            return x * self.w
+
+    images = digits.load_digits_images()[:64]
+    augmentation = partial(digits.shift_augment, probability=1.0)
+    train_noise_predictor(Probe(), images, digits.digits_schedule(), steps=2, batch_size=64, warmup_steps=0,
+                          augmentation=augmentation, seed=3, progress=False)
+    assert len(seen) == 2 and all(labels.shape == (64, 2) for labels in seen) and seen[0].abs().sum() > 0
+    train_noise_predictor(Probe(), images, digits.digits_schedule(), steps=1, batch_size=64, warmup_steps=0, seed=3, progress=False)
+    assert seen[-1] is None  # no augmentation: the network is called as every public model is, (x, n)
+
+
+def test_shift_recipe_builds_the_labelled_network_and_its_weights_load(recorded_training, tmp_path):
+    seen = recorded_training
+    _, settings = digits.train_digits_ddpm(steps=1, progress=False, shift_probability=0.3)
+    assert seen["augmentation"].keywords == {"probability": 0.3} and settings["shift_probability"] == 0.3
+    assert "shifted with probability 0.3" in settings["data"] and "non-leaking" in settings["data"]
+    assert seen["run"]["shift_probability"] == 0.3  # part of the training state's identity
+    model = seen["model"].eval()
+    torch.save(model.state_dict(), tmp_path / digits.DDPM_FILE)
+    loaded = digits.load_digits_ddpm(directory=tmp_path)
+    x, n = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, n), model(x, n))
+    _, settings = digits.train_digits_ddpm(steps=1, progress=False)
+    assert seen["augmentation"] is None and "no other augmentation" in settings["data"] and "shift_probability" not in settings
+
+
+def test_shift_augment_outside_zero_to_one_is_one_line(tmp_path, capsys):
+    from dpms.cli import main
+
+    code = main(["train", "digits", "--shift-augment", "1.5", "--out", str(tmp_path)])
+    assert (code, capsys.readouterr().err) == (2, "error: --shift-augment must be between 0 and 1 (the share of shifted digits), got 1.5\n")
     assert not any(tmp_path.iterdir())

@@ -25,17 +25,27 @@ def digits_schedule() -> NoiseSchedule:
     return NoiseSchedule.from_spec(DIGITS_SCHEDULE_SPEC)
 
 
-def build_digits_ddpm(dropout: float | None = None) -> nn.Module:
-    """The digits U-Net with the registry's configuration, randomly initialised; `dropout` replaces the
-    configuration's rate (it acts in training only: the weights are the same shapes either way)."""
-    return build("ddpm", DIGITS_DDPM_CONFIG if dropout is None else {**DIGITS_DDPM_CONFIG, "dropout": dropout})
+def digits_ddpm_config(dropout: float | None = None, augment_dim: int | None = None) -> dict:
+    """The registry's configuration of the digits U-Net; `dropout` replaces its rate (it acts in training only:
+    the weights are the same shapes either way), `augment_dim` its augmentation input (2 for shift labels)."""
+    return {**DIGITS_DDPM_CONFIG, **({} if dropout is None else {"dropout": dropout}),
+            **({} if augment_dim is None else {"augment_dim": augment_dim})}
+
+
+def build_digits_ddpm(dropout: float | None = None, augment_dim: int | None = None) -> nn.Module:
+    """The digits U-Net (`digits_ddpm_config`), randomly initialised."""
+    return build("ddpm", digits_ddpm_config(dropout, augment_dim))
 
 
 def load_digits_ddpm(device="cpu", directory: Path | None = None) -> nn.Module:
-    """The shipped diffusion network (EMA weights), eval mode; it predicts ε from (x_n, n), n ∈ [0, 999]."""
+    """The shipped diffusion network (EMA weights), eval mode; it predicts ε from (x_n, n), n ∈ [0, 999].
+    Weights trained with shift labels (`temb.augment`, `dpms train digits --shift-augment`) load with that
+    input, which sampling leaves empty."""
     path = require_file(Path(directory or DIGITS_DIR) / DDPM_FILE, "run `dpms train digits` to create it")
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    augment = weights.get("temb.augment.weight")
     with torch.device("meta"):
-        model = build_digits_ddpm()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True, assign=True)
+        model = build_digits_ddpm(augment_dim=None if augment is None else augment.shape[1])
+    model.load_state_dict(weights, strict=True, assign=True)
     return model.to(device).eval()
 

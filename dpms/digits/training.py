@@ -20,9 +20,9 @@ from ..atomic import atomic_write, atomic_write_text
 from ..errors import DpmsError
 from ..training import train_noise_predictor
 from .classifier import FEATURE_DIM, DigitsClassifier, augment, classifier_accuracy, feature_statistics, load_digits_classifier
-from .data import (CLASSIFIER_FILE, DDPM_FILE, DEQUANTISATIONS, DIGITS_DIR, GREY_LEVEL_SPACING, HELD_OUT_SIZE, SAMPLES_FILE, SHIPPED_RECIPE, SPLIT_SEED, STATS_FILE, TRAIN_STATE_FILE, dequantise,
-                   digits_split, load_digits_images, load_digits_labels, sha256_of)
-from .model import DIGITS_DDPM_CONFIG, DIGITS_SCHEDULE_SPEC, build_digits_ddpm, digits_schedule, load_digits_ddpm
+from .data import (CLASSIFIER_FILE, DDPM_FILE, DEQUANTISATIONS, DIGITS_DIR, GREY_LEVEL_SPACING, HELD_OUT_SIZE, SAMPLES_FILE, SHIFT_AUGMENT_DIM, SHIPPED_RECIPE, SPLIT_SEED, STATS_FILE, TRAIN_STATE_FILE, dequantise,
+                   digits_split, load_digits_images, load_digits_labels, sha256_of, shift_augment)
+from .model import DIGITS_SCHEDULE_SPEC, build_digits_ddpm, digits_ddpm_config, digits_schedule, load_digits_ddpm
 from .sampling import evaluate_digits_samples, nearest_neighbour_statistics, ode_range_statistics, sample_digits, save_sample_grid
 
 
@@ -103,6 +103,7 @@ def train_digits_ddpm(
     lambda_share: float = SHIPPED_RECIPE["lambda_share"],
     dequantisation_std: float = SHIPPED_RECIPE["dequantisation_std"],
     dropout: float = SHIPPED_RECIPE["dropout"],
+    shift_probability: float = SHIPPED_RECIPE["shift_probability"],
     held_out: bool = SHIPPED_RECIPE["held_out"],
     images: Tensor | None = None,
     progress: bool = True,
@@ -121,7 +122,9 @@ def train_digits_ddpm(
     "gaussian") applies `dequantise` to every batch, "gaussian-conditional" folds the Gaussian spread into
     the training noise and regresses on the conditional expectation of ε (`simple_loss`: same minimiser, less
     variance where σ is below the spread); `dequantisation_std` is the std of both Gaussian spreads; `dropout` is the U-Net's
-    dropout rate in training; `lr_decay="cosine"` decays the rate to 0;
+    dropout rate in training; `shift_probability` > 0 shifts that share of the digits by one pixel and gives
+    the network the shift (`shift_augment`: non-leaking, the network gets an augmentation input that sampling
+    leaves empty); `lr_decay="cosine"` decays the rate to 0;
     `lambda_share` draws that share of the steps n uniformly in λ (`step_probabilities`). `images` replaces
     the data. With `state_path` the run writes its state there every 1,000 steps and resumes from it
     (`train_noise_predictor`). `device` ("cpu", "cuda") is where the network trains.
@@ -129,7 +132,9 @@ def train_digits_ddpm(
     torch.manual_seed(seed)  # initialisation and dropout
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    model = build_digits_ddpm(dropout)
+    if not 0.0 <= shift_probability <= 1.0:
+        raise ValueError(f"shift_probability must be in [0, 1], got {shift_probability}")
+    model = build_digits_ddpm(dropout, SHIFT_AUGMENT_DIM if shift_probability else None)
     if images is None and held_out:
         images = load_digits_images()[digits_split()[0]]
         what = f"sklearn load_digits, the {images.shape[0]} digits of the train split (digits_split; {HELD_OUT_SIZE} held out)"
@@ -151,7 +156,10 @@ def train_digits_ddpm(
               "gaussian": f"dequantised: + {law} per pixel per batch ({width})",
               "gaussian-conditional": f"dequantised: + {law} per pixel ({width}), "
                                       "folded into the forward noise, target E[eps | x_n, levels] (simple_loss)"}
-    data = f"{what}, in [-1,1]; {spread[dequantisation]}; no other augmentation"
+    augmentation = ("no other augmentation" if not shift_probability else
+                    f"shifted with probability {shift_probability:g} by (dx, dy) uniform in {{-1, 0, 1}}^2, blank (-1) "
+                    "filling the uncovered edge, the shift given to the network (non-leaking; none at sampling)")
+    data = f"{what}, in [-1,1]; {spread[dequantisation]}; {augmentation}"
     folded = dequantisation == "gaussian-conditional"  # the spread goes into the noise, not into the batches
     schedule_text = {"cosine": f"linear warm-up over {warmup_steps} steps, then cosine decay to 0 at step {steps}",
                      "constant": "linear warm-up then constant"}.get(lr_decay, lr_decay)
@@ -161,12 +169,14 @@ def train_digits_ddpm(
                     " against E[eps | x_n, levels]" if folded else ""),
                 "steps_n": ("uniform over 0..999 (DDPM)" if lambda_share == 0 else
                             f"drawn from ({1 - lambda_share:g} x uniform in n + {lambda_share:g} x uniform in lambda) (step_probabilities)"),
-                "data": data, **({"dequantisation_std": dequantisation_std} if dequantisation.startswith("gaussian") else {})}
+                "data": data, **({"dequantisation_std": dequantisation_std} if dequantisation.startswith("gaussian") else {}),
+                **({"shift_probability": shift_probability} if shift_probability else {})}
     result = train_noise_predictor(model, images, digits_schedule(), steps=steps, batch_size=batch_size, lr=lr,
                                    warmup_steps=warmup_steps, ema_decay=ema_decay, lr_decay=lr_decay,
                                    lambda_share=lambda_share, seed=seed, progress=progress,
                                    data_transform=None if dequantisation == "none" or folded else partial(dequantise, kind=dequantisation, std=dequantisation_std),
                                    dequantisation_std=dequantisation_std if folded else 0.0,
+                                   augmentation=partial(shift_augment, probability=shift_probability) if shift_probability else None,
                                    log_every=log_every, snapshot=snapshot, console=console, state_path=state_path, run=settings,
                                    device=device)
     return result, settings
@@ -215,7 +225,7 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
     weights are also written every that many steps to DIRECTORY/snapshots/step<N>.pt, to inspect a run.
     The run keeps its state in DIRECTORY/train_state.pt (every 1,000 steps) until its weights are written, so
     the same command resumes an interrupted run.
-    `recipe` goes to `train_digits_ddpm` (held_out, dequantisation, dequantisation_std, dropout, lr, lr_decay, lambda_share, device).
+    `recipe` goes to `train_digits_ddpm` (held_out, dequantisation, dequantisation_std, dropout, shift_probability, lr, lr_decay, lambda_share, device).
     """
     start = time.perf_counter()
     console = console or Console()
@@ -232,7 +242,9 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
     seconds_per_step = result.wall_time_s / steps
     console.print(f"trained {steps} steps in {result.wall_time_s:.1f} s: {seconds_per_step:.4f} s/step "
                   f"(batch {settings['batch_size']}, {torch.get_num_threads()} torch threads)", highlight=False)
-    card = {"architecture": "ddpm", "config": {**DIGITS_DDPM_CONFIG, "dropout": recipe.get("dropout", SHIPPED_RECIPE["dropout"])}, "schedule": DIGITS_SCHEDULE_SPEC,
+    shifts = recipe.get("shift_probability", SHIPPED_RECIPE["shift_probability"])
+    config = digits_ddpm_config(recipe.get("dropout", SHIPPED_RECIPE["dropout"]), SHIFT_AUGMENT_DIM if shifts else None)
+    card = {"architecture": "ddpm", "config": config, "schedule": DIGITS_SCHEDULE_SPEC,
             "model_type": "noise", "time_input": "integer step n in [0, 999]; t_n = (n+1)/1000 (time_map='discrete')",
             "weights": "EMA", **settings, "final_loss_last_500_steps": round(result.final_loss(500), 5),
             f"loss_curve_mean_per_{LOSS_WINDOW}_steps": loss_curve(result.losses),

@@ -141,7 +141,9 @@ class Model(nn.Module):
 
     Arguments are the keys of the DDIM configs' `model` section (ch, out_ch, ch_mult, num_res_blocks,
     attn_resolutions, dropout, in_channels, resolution, resamp_with_conv). `attn_resolutions` are
-    feature-map sizes in pixels (16 means "at the 16×16 level").
+    feature-map sizes in pixels (16 means "at the 16×16 level"). `augment_dim` (dpms's own, 0 in every
+    upstream config) adds an input for the labels of a non-leaking training augmentation (the digits model's
+    shifts).
     """
 
     def __init__(
@@ -156,9 +158,12 @@ class Model(nn.Module):
         dropout: float = 0.0,
         in_channels: int = 3,
         resamp_with_conv: bool = True,
+        augment_dim: int = 0,
     ):
         super().__init__()
         _check_config(ch, ch_mult, resolution)
+        if augment_dim < 0:
+            raise ValueError(f"augment_dim must be 0 or more, got {augment_dim}")
         self.ch = ch
         self.num_levels = len(ch_mult)
         self.num_res_blocks = num_res_blocks
@@ -171,6 +176,12 @@ class Model(nn.Module):
 
         self.temb = nn.Module()
         self.temb.dense = nn.ModuleList([nn.Linear(ch, temb_ch), nn.Linear(temb_ch, temb_ch)])
+        self.augment_dim = augment_dim
+        if augment_dim:
+            # Non-leaking augmentation (EDM, Karras et al. 2022, Appendix B.4): the training augmentation's
+            # parameters enter beside the time embedding, and label 0 (no augmentation) adds nothing, so the
+            # network samples the unaugmented data when it is given no labels.
+            self.temb.augment = nn.Linear(augment_dim, ch, bias=False)
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
 
         current_res = resolution
@@ -218,13 +229,18 @@ class Model(nn.Module):
         self.norm_out = group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, padding=1)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, augment_labels: Tensor | None = None) -> Tensor:
+        """`augment_labels` (B, augment_dim): the augmentation each input was trained with; None at sampling."""
         t = torch.as_tensor(t, device=x.device)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         # The embedding is computed in float32 (accurate angles); in a half-precision network it then
         # takes the input's dtype, or the first dense layer would meet float32 against fp16/bf16 weights.
         temb = timestep_embedding(t, self.ch).to(x.dtype)
+        if augment_labels is not None:
+            if not self.augment_dim:
+                raise ValueError("augment_labels given to a network built without augment_dim")
+            temb = temb + self.temb.augment(augment_labels.to(temb.dtype))
         temb = self.temb.dense[1](F.silu(self.temb.dense[0](temb)))
 
         skips = [self.conv_in(x)]

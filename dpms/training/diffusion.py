@@ -114,7 +114,7 @@ class BatchOrder:
 
 
 def simple_loss(model: nn.Module, x0: Tensor, steps: Tensor, noise: Tensor, alphas: Tensor, sigmas: Tensor,
-                dequantisation_std: float = 0.0) -> Tensor:
+                dequantisation_std: float = 0.0, augment_labels: Tensor | None = None) -> Tensor:
     """L_simple = E‖ε − ε_θ(α_n x₀ + σ_n ε, n)‖² averaged over pixels (DDPM Eq. 14).
 
     With `dequantisation_std` = d > 0, x₀ are quantised levels and the data are x₀ + d·z (Gaussian
@@ -124,6 +124,9 @@ def simple_loss(model: nn.Module, x0: Tensor, steps: Tensor, noise: Tensor, alph
     tower rule), but without the part of ε that no network can predict. That part dominates where σ_n ≲ α_n d
     (the target's variance falls from 1 to σ_n²/τ_n², 0.09 at n = 0 for the digits), which is where the
     learned ODE's last stretch is made.
+
+    `augment_labels`, if given, go to the network with its inputs (`model(x_n, n, augment_labels=...)`): the
+    parameters of the augmentation each x₀ was drawn with (non-leaking augmentation, see `train_noise_predictor`).
     """
     shape = (-1,) + (1,) * (x0.dim() - 1)
     alpha, sigma = alphas[steps].reshape(shape), sigmas[steps].reshape(shape)
@@ -132,7 +135,8 @@ def simple_loss(model: nn.Module, x0: Tensor, steps: Tensor, noise: Tensor, alph
     else:
         total = torch.sqrt((alpha * dequantisation_std) ** 2 + sigma**2)
         x_n, target = alpha * x0 + total * noise, (sigma / total) * noise
-    return (model(x_n, steps) - target).pow(2).mean()
+    output = model(x_n, steps) if augment_labels is None else model(x_n, steps, augment_labels=augment_labels)
+    return (output - target).pow(2).mean()
 
 
 def step_coefficients(schedule: NoiseSchedule, dtype=torch.float32) -> tuple[Tensor, Tensor]:
@@ -192,6 +196,7 @@ def train_noise_predictor(
     lambda_share: float = 0.0,
     dequantisation_std: float = 0.0,
     data_transform: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+    augmentation: Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]] | None = None,
     seed: int = 0,
     progress: bool = True,
     log_every: int = 500,
@@ -208,7 +213,10 @@ def train_noise_predictor(
     (as DDPM), EMA of the weights. Steps n are uniform (DDPM) or, with `lambda_share` > 0, partly uniform
     in λ (`step_probabilities`). `dequantisation_std` > 0 folds a Gaussian dequantisation of `images` into the
     forward noise and regresses on its conditional expectation (`simple_loss`). `data_transform(x0, generator)`, if given, is applied to every batch
-    (dequantisation, augmentation) and draws its randomness from the training generator.
+    (dequantisation) and draws its randomness from the training generator. `augmentation(x0, generator)`, if
+    given, returns (augmented x0, labels) after it, and the labels go to the network with the noisy batch
+    (`simple_loss`): a non-leaking augmentation (EDM, Karras et al. 2022, Appendix B.4), whose unaugmented data
+    are those with label 0, the label the network gets (none) at sampling.
     The caller seeds the global RNG before building the model (initialisation and dropout);
     `seed` seeds the data order, the data transform, the steps n and the noise ε. `snapshot(step, ema_weights)`,
     if given, is called every `log_every` steps (to inspect a long run while it trains). Returns the EMA
@@ -275,13 +283,17 @@ def train_noise_predictor(
             x0 = images[next(batches)]
             if data_transform is not None:
                 x0 = data_transform(x0, generator)
+            labels = None
+            if augmentation is not None:
+                x0, labels = augmentation(x0, generator)
             if probabilities is None:
                 n = torch.randint(0, schedule.N, (x0.shape[0],), generator=generator)
             else:
                 n = torch.multinomial(probabilities, x0.shape[0], replacement=True, generator=generator)
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
             x0, n, noise = x0.to(device), n.to(device), noise.to(device)  # no copy on the CPU
-            loss = simple_loss(model, x0, n, noise, alphas, sigmas, dequantisation_std)
+            labels = None if labels is None else labels.to(device)
+            loss = simple_loss(model, x0, n, noise, alphas, sigmas, dequantisation_std, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
