@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dpms.digits import DDPM_FILE, DIGITS_DIR, SHIPPED_RECIPE, build_digits_ddpm, range_statistics
+from dpms.digits import DDPM_FILE, DIGITS_DIR, SHIPPED_RECIPE, digits_ddpm_from_weights, range_statistics
 from dpms.digits.model import PRESET
 from dpms.target import load_target
 
@@ -27,9 +27,7 @@ REPORT_AT = (0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)  # fracti
 @torch.no_grad()
 def trajectory(weights: Path, num: int, nfe: int) -> tuple[dict, list[tuple[float, float]]]:
     """range_statistics of the DDIM-`nfe` samples and [(σ/α, fraction of x₀ predictions beyond ±1.1)] along the way."""
-    model = build_digits_ddpm()
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    model.eval()
+    model = digits_ddpm_from_weights(torch.load(weights, map_location="cpu", weights_only=True)).eval()
     target = load_target(PRESET, network=model)
     schedule, eps_fn = target.schedule, target.make_noise_fn()
     x = target.initial_noise(list(range(num)), 0, "cpu")

@@ -26,7 +26,7 @@ _HOMES = {
              "STATS_FILE", "TRAIN_STATE_FILE", "dequantise", "digits_split", "load_digits_images", "load_digits_labels", "sha256_of",
              "shift_augment"),
     "features": ("FEATURE_KIND", "FEATURES_NAME", "digits_features"),
-    "model": ("DIGITS_DDPM_CONFIG", "DIGITS_SCHEDULE_SPEC", "build_digits_ddpm", "digits_ddpm_config", "digits_schedule",
+    "model": ("DIGITS_DDPM_CONFIG", "DIGITS_SCHEDULE_SPEC", "build_digits_ddpm", "digits_ddpm_config", "digits_ddpm_from_weights", "digits_schedule",
               "load_digits_ddpm"),
     "sampling": ("evaluate_digits_samples", "nearest_neighbour_statistics", "ode_range_statistics", "range_statistics", "sample_digits",
                  "save_sample_grid"),

@@ -42,10 +42,15 @@ def load_digits_ddpm(device="cpu", directory: Path | None = None) -> nn.Module:
     Weights trained with shift labels (`temb.augment`, `dpms train digits --shift-augment`) load with that
     input, which sampling leaves empty."""
     path = require_file(Path(directory or DIGITS_DIR) / DDPM_FILE, "run `dpms train digits` to create it")
-    weights = torch.load(path, map_location="cpu", weights_only=True)
+    return digits_ddpm_from_weights(torch.load(path, map_location="cpu", weights_only=True)).to(device).eval()
+
+
+def digits_ddpm_from_weights(weights: dict) -> nn.Module:
+    """The digits U-Net holding `weights` (a state_dict: the shipped file's, a snapshot's), with the shift
+    labels' input where the weights have one."""
     augment = weights.get("temb.augment.weight")
     with torch.device("meta"):
         model = build_digits_ddpm(augment_dim=None if augment is None else augment.shape[1])
     model.load_state_dict(weights, strict=True, assign=True)
-    return model.to(device).eval()
+    return model
 
