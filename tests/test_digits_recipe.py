@@ -88,7 +88,11 @@ def test_defaults_everywhere_are_the_recipe_the_shipped_card_records(monkeypatch
     card = json.loads((digits.DIGITS_DIR / "digits_ddpm.json").read_text())
     assert card["steps"] == recipe["steps"] and card["lr"] == recipe["lr"] and card["torch_threads"] == recipe["threads"]
     assert ("360 held out" in card["data"]) == recipe["held_out"]
-    assert {"none": "not dequantised", "uniform": "U(-1/16, 1/16)", "gaussian": "N(0, (1/32)^2)"}[recipe["dequantisation"]] in card["data"]
+    std = recipe["dequantisation_std"]
+    law = "N(0, (1/32)^2)" if std == digits.GREY_LEVEL_SPACING / 4 else f"N(0, ({std:.6g})^2)"
+    assert {"none": "not dequantised", "uniform": "U(-1/16, 1/16)", "gaussian": law, "gaussian-conditional": law}[recipe["dequantisation"]] in card["data"]
+    assert ("folded into the forward noise" in card["data"]) == (recipe["dequantisation"] == "gaussian-conditional")
+    assert card.get("dequantisation_std", std) == std
     assert card["lr_schedule"].startswith({"cosine": "linear warm-up over 500 steps, then cosine", "constant": "linear warm-up then constant"}[recipe["lr_decay"]])
     # cards written before lambda_share existed drew n uniformly, as its default 0 does
     assert card.get("steps_n", "uniform over 0..999 (DDPM)").startswith("uniform over") == (recipe["lambda_share"] == 0)
