@@ -50,7 +50,7 @@ def digits_ddpm_from_weights(weights: dict) -> nn.Module:
     labels' input where the weights have one."""
     augment = weights.get("temb.augment.weight")
     with torch.device("meta"):
-        model = build_digits_ddpm(augment_dim=None if augment is None else augment.shape[1])
+        model = build_digits_ddpm(augment_dim=0 if augment is None else augment.shape[1])
     model.load_state_dict(weights, strict=True, assign=True)
     return model
 

@@ -134,7 +134,7 @@ def train_digits_ddpm(
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if not 0.0 <= shift_probability <= 1.0:
         raise ValueError(f"shift_probability must be in [0, 1], got {shift_probability}")
-    model = build_digits_ddpm(dropout, SHIFT_AUGMENT_DIM if shift_probability else None)
+    model = build_digits_ddpm(dropout, SHIFT_AUGMENT_DIM if shift_probability else 0)
     if images is None and held_out:
         images = load_digits_images()[digits_split()[0]]
         what = f"sklearn load_digits, the {images.shape[0]} digits of the train split (digits_split; {HELD_OUT_SIZE} held out)"
@@ -243,7 +243,9 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
     console.print(f"trained {steps} steps in {result.wall_time_s:.1f} s: {seconds_per_step:.4f} s/step "
                   f"(batch {settings['batch_size']}, {torch.get_num_threads()} torch threads)", highlight=False)
     shifts = recipe.get("shift_probability", SHIPPED_RECIPE["shift_probability"])
-    config = digits_ddpm_config(recipe.get("dropout", SHIPPED_RECIPE["dropout"]), SHIFT_AUGMENT_DIM if shifts else None)
+    config = digits_ddpm_config(recipe.get("dropout", SHIPPED_RECIPE["dropout"]), SHIFT_AUGMENT_DIM if shifts else 0)
+    if not config["augment_dim"]:  # the network the weights fit; cards without shifts keep the upstream keys only
+        del config["augment_dim"]
     card = {"architecture": "ddpm", "config": config, "schedule": DIGITS_SCHEDULE_SPEC,
             "model_type": "noise", "time_input": "integer step n in [0, 999]; t_n = (n+1)/1000 (time_map='discrete')",
             "weights": "EMA", **settings, "final_loss_last_500_steps": round(result.final_loss(500), 5),
