@@ -322,7 +322,7 @@ def train_digits_command(
     out: Optional[Path] = typer.Option(None, help="output folder (default: checkpoints/digits)"),
     threads: int = typer.Option(SHIPPED_RECIPE["threads"], help="torch CPU threads (the shipped weights were made with 1; the float result depends on it)"),
     held_out: bool = typer.Option(SHIPPED_RECIPE["held_out"], "--held-out/--all-digits", help="train on the 1,437 train-split digits (default, as the shipped weights; the 360 others stay unseen) or on all 1,797"),
-    dequantise: str = typer.Option(SHIPPED_RECIPE["dequantisation"], help="spread each pixel around its grey level in every batch: none, uniform (over its bin), gaussian (std a quarter bin) or gaussian-conditional (the same spread folded into the noise, regressing on E[eps | x_n, levels])"),
+    dequantise: str = typer.Option(SHIPPED_RECIPE["dequantisation"], help="spread each pixel around its grey level in every batch: none, uniform (over its bin), gaussian (std --dequantise-std) or gaussian-conditional (the same spread folded into the noise, regressing on E[eps | x_n, levels]; the shipped recipe)"),
     dequantise_std: float = typer.Option(SHIPPED_RECIPE["dequantisation_std"], help="std of the gaussian and gaussian-conditional spreads, in data units ([-1, 1]; one grey level is 1/8)"),
     dropout: float = typer.Option(SHIPPED_RECIPE["dropout"], help="the U-Net's dropout rate in training, 0 to below 1"),
     shift_augment: float = typer.Option(SHIPPED_RECIPE["shift_probability"], help="share of the digits shifted by one pixel in each batch, 0 to 1; the network is told the shift (non-leaking augmentation: unshifted at sampling)"),

@@ -259,11 +259,12 @@ def test_conditional_target_draws_the_same_inputs_and_has_the_same_minimiser_wit
 
 def test_gaussian_conditional_trains_on_the_levels_with_the_spread_folded_into_the_noise(recorded_training):
     seen = recorded_training
-    _, settings = digits.train_digits_ddpm(steps=1, progress=False, dequantisation="gaussian-conditional")
-    assert seen["data_transform"] is None and seen["dequantisation_std"] == digits.GREY_LEVEL_SPACING / 4
+    quarter = digits.GREY_LEVEL_SPACING / 4
+    _, settings = digits.train_digits_ddpm(steps=1, progress=False, dequantisation="gaussian-conditional", dequantisation_std=quarter)
+    assert seen["data_transform"] is None and seen["dequantisation_std"] == quarter
     assert "folded into the forward noise" in settings["data"] and "E[eps | x_n, levels]" in settings["loss"]
-    digits.train_digits_ddpm(steps=1, progress=False, dequantisation="gaussian")
-    assert seen["dequantisation_std"] == 0.0 and seen["data_transform"].keywords == {"kind": "gaussian", "std": digits.GREY_LEVEL_SPACING / 4}
+    digits.train_digits_ddpm(steps=1, progress=False, dequantisation="gaussian", dequantisation_std=quarter)
+    assert seen["dequantisation_std"] == 0.0 and seen["data_transform"].keywords == {"kind": "gaussian", "std": quarter}
     assert torch.equal(digits.dequantise(torch.ones(3), torch.Generator(), "gaussian-conditional"), torch.ones(3))
 
 
@@ -333,9 +334,11 @@ def test_shift_augment_moves_each_digit_by_its_label_and_fills_with_blank():
 def test_the_network_takes_shift_labels_and_label_zero_is_no_label():
     """Non-leaking: at sampling the network gets no labels, which must be the unshifted data's label (0)."""
     torch.manual_seed(0)
-    plain, augmented = digits.build_digits_ddpm().eval(), digits.build_digits_ddpm(augment_dim=2).eval()
+    plain, augmented = digits.build_digits_ddpm(augment_dim=0).eval(), digits.build_digits_ddpm(augment_dim=2).eval()
     assert set(augmented.state_dict()) - set(plain.state_dict()) == {"temb.augment.weight"}
-    assert list(plain.state_dict()) == list(digits.build_digits_ddpm(augment_dim=0).state_dict())
+    upstream = {k: v for k, v in digits.DIGITS_DDPM_CONFIG.items() if k != "augment_dim"}  # the DDIM repo's keys
+    from dpms.models import build
+    assert list(plain.state_dict()) == list(build("ddpm", upstream).state_dict())
     x, n = torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 500, 999])
     with torch.no_grad():
         free = augmented(x, n)
@@ -382,8 +385,9 @@ def test_shift_recipe_builds_the_labelled_network_and_its_weights_load(recorded_
     x, n = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
     with torch.no_grad():
         assert torch.equal(loaded(x, n), model(x, n))
-    _, settings = digits.train_digits_ddpm(steps=1, progress=False)
+    _, settings = digits.train_digits_ddpm(steps=1, progress=False, shift_probability=0.0)
     assert seen["augmentation"] is None and "no other augmentation" in settings["data"] and "shift_probability" not in settings
+    assert "temb.augment.weight" not in seen["model"].state_dict()  # whatever the registry's config says
 
 
 def test_shift_augment_outside_zero_to_one_is_one_line(tmp_path, capsys):

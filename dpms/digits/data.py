@@ -71,11 +71,13 @@ GAUSSIAN_DEQUANTISATION_STD = GREY_LEVEL_SPACING / 4
 
 # The recipe of the shipped weights (`dpms train digits` with no options reproduces them; issue 17's choice,
 # see checkpoints/README.md): the 1,437 train-split digits (the 360 others stay unseen, for the memorisation
-# check), each pixel spread by N(0, (1/32)^2) in every batch, peak rate 6e-4 decayed by a cosine to 0 over
-# 16,000 steps, one torch thread (the float result depends on the thread count).
-SHIPPED_RECIPE = {"steps": 16000, "held_out": True, "dequantisation": "gaussian", "lr": 6e-4, "lr_decay": "cosine",
-                  "lambda_share": 0.0, "dequantisation_std": GAUSSIAN_DEQUANTISATION_STD, "dropout": 0.1, "threads": 1,
-                  "shift_probability": 0.0}
+# check), each pixel spread by N(0, (1/64)^2) folded into the forward noise with the conditional target
+# (`simple_loss`), steps n drawn uniformly in λ, 30 % of the digits shifted by one pixel with the shift given to
+# the network (`shift_augment`), peak rate 6e-4 decayed by a cosine to 0 over 32,000 steps, one torch thread
+# (the float result depends on the thread count). results/README.md says why each of these.
+SHIPPED_RECIPE = {"steps": 32000, "held_out": True, "dequantisation": "gaussian-conditional", "lr": 6e-4, "lr_decay": "cosine",
+                  "lambda_share": 1.0, "dequantisation_std": GREY_LEVEL_SPACING / 8, "dropout": 0.1, "threads": 1,
+                  "shift_probability": 0.3}
 SHIFT_AUGMENT_DIM = 2  # the shift's (dx, dy), the network's augmentation labels when shifts are on
 
 
