@@ -763,7 +763,7 @@ def test_mismatched_keys_name_first_missing_and_unexpected(tmp_path):
 def test_mismatched_shape_is_named(tmp_path):
     path = _save(_network("cifar10-ddpm", TINY_DDPM).state_dict(), tmp_path / "tiny.ckpt")
     with pytest.raises(DpmsError) as error:
-        load("digits", checkpoint=path, config_override={**TINY_DDPM, "in_channels": 1, "out_ch": 1})
+        load("digits", checkpoint=path, config_override={**TINY_DDPM, "in_channels": 1, "out_ch": 1, "augment_dim": 0})
     assert _one_line(error) == (
         f"checkpoint {path} does not fit preset digits (ddpm, flat format): 'conv_in.weight' has shape "
         "(32, 3, 3, 3), the network expects (32, 1, 3, 3); use the preset this checkpoint was published for"
