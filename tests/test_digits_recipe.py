@@ -26,6 +26,20 @@ def recorded_training(monkeypatch):
     return seen
 
 
+class Probe(torch.nn.Module):
+    """A one-weight stand-in network that records what the training loop gives it: each call's inputs x,
+    steps n and keyword arguments, in `calls`."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.calls = []
+
+    def forward(self, x, n, **kwargs):
+        self.calls.append((x.detach().clone(), n.clone(), kwargs))
+        return x * self.w
+
+
 def test_learning_rate_warms_up_then_follows_half_a_cosine_to_zero():
     assert learning_rate(0, 1.0, 10, 110, "cosine") == pytest.approx(0.1)
     assert learning_rate(9, 1.0, 10, 110, "cosine") == pytest.approx(1.0)
@@ -114,24 +128,14 @@ def test_defaults_everywhere_are_the_recipe_the_shipped_card_records(monkeypatch
 def test_dequantised_batches_reach_the_network_and_are_seeded(monkeypatch):
     """The transform is applied inside the training loop, drawing from the training generator: two runs
     with one seed see the same batches, and those batches are off the 17 grey levels."""
-    batches = []
     images = digits.load_digits_images()[:64]
-
-    class Probe(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, x, n):
-            batches.append(x.detach().clone())
-            return x * self.w
-
     from dpms.training import train_noise_predictor
 
-    for _ in range(2):
-        train_noise_predictor(Probe(), images, digits.digits_schedule(), steps=1, batch_size=64, warmup_steps=0,
+    probes = [Probe(), Probe()]
+    for probe in probes:
+        train_noise_predictor(probe, images, digits.digits_schedule(), steps=1, batch_size=64, warmup_steps=0,
                               data_transform=digits.dequantise, seed=3, progress=False)
-    assert torch.equal(batches[0], batches[1])
+    assert torch.equal(probes[0].calls[0][0], probes[1].calls[0][0])
 
 
 def test_step_probabilities_mix_uniform_in_n_with_uniform_in_lambda():
@@ -155,25 +159,15 @@ def test_step_probabilities_mix_uniform_in_n_with_uniform_in_lambda():
 
 
 def test_training_draws_steps_n_from_the_mixture_and_is_seeded():
-    steps_seen = []
-
-    class Probe(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, x, n):
-            steps_seen.append(n.clone())
-            return x * self.w
-
     from dpms.training import train_noise_predictor
 
     schedule = digits.digits_schedule()
     images = digits.load_digits_images()[:128]
-    for _ in range(2):
-        train_noise_predictor(Probe(), images, schedule, steps=40, batch_size=128, warmup_steps=0, lambda_share=1.0,
+    probes = [Probe(), Probe()]
+    for probe in probes:
+        train_noise_predictor(probe, images, schedule, steps=40, batch_size=128, warmup_steps=0, lambda_share=1.0,
                               seed=5, progress=False)
-    first, second = torch.cat(steps_seen[:40]), torch.cat(steps_seen[40:])
+    first, second = (torch.cat([n for _, n, _ in probe.calls]) for probe in probes)
     assert torch.equal(first, second)
     expected = step_probabilities(schedule, 1.0)
     for cut in (10, 100, 500):  # 5,120 draws: each share within a few standard errors
@@ -353,24 +347,16 @@ def test_training_gives_the_network_each_batchs_shift_labels(monkeypatch):
 
     from dpms.training import train_noise_predictor
 
-    seen = []
-
-    class Probe(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, x, n, augment_labels=None):
-            seen.append(augment_labels)
-            return x * self.w
-
     images = digits.load_digits_images()[:64]
     augmentation = partial(digits.shift_augment, probability=1.0)
-    train_noise_predictor(Probe(), images, digits.digits_schedule(), steps=2, batch_size=64, warmup_steps=0,
+    labelled = Probe()
+    train_noise_predictor(labelled, images, digits.digits_schedule(), steps=2, batch_size=64, warmup_steps=0,
                           augmentation=augmentation, seed=3, progress=False)
+    seen = [kwargs["augment_labels"] for _, _, kwargs in labelled.calls]
     assert len(seen) == 2 and all(labels.shape == (64, 2) for labels in seen) and seen[0].abs().sum() > 0
-    train_noise_predictor(Probe(), images, digits.digits_schedule(), steps=1, batch_size=64, warmup_steps=0, seed=3, progress=False)
-    assert seen[-1] is None  # no augmentation: the network is called as every public model is, (x, n)
+    plain = Probe()
+    train_noise_predictor(plain, images, digits.digits_schedule(), steps=1, batch_size=64, warmup_steps=0, seed=3, progress=False)
+    assert plain.calls[-1][2] == {}  # no augmentation: the network is called as every public model is, (x, n)
 
 
 def test_shift_recipe_builds_the_labelled_network_and_its_weights_load(recorded_training, tmp_path):
