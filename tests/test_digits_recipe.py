@@ -331,6 +331,8 @@ def test_the_network_takes_shift_labels_and_label_zero_is_no_label():
     plain, augmented = digits.build_digits_ddpm(augment_dim=0).eval(), digits.build_digits_ddpm(augment_dim=2).eval()
     assert set(augmented.state_dict()) - set(plain.state_dict()) == {"temb.augment.weight"}
     upstream = {k: v for k, v in digits.DIGITS_DDPM_CONFIG.items() if k != "augment_dim"}  # the DDIM repo's keys
+    assert digits.digits_ddpm_config(augment_dim=0) == upstream  # what an unshifted run's card records
+    assert digits.digits_ddpm_config(0.0, 2) == {**upstream, "dropout": 0.0, "augment_dim": 2}
     from dpms.models import build
     assert list(plain.state_dict()) == list(build("ddpm", upstream).state_dict())
     x, n = torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 500, 999])

@@ -27,9 +27,14 @@ def digits_schedule() -> NoiseSchedule:
 
 def digits_ddpm_config(dropout: float | None = None, augment_dim: int | None = None) -> dict:
     """The registry's configuration of the digits U-Net; `dropout` replaces its rate (it acts in training only:
-    the weights are the same shapes either way), `augment_dim` its augmentation input (2 for shift labels)."""
-    return {**DIGITS_DDPM_CONFIG, **({} if dropout is None else {"dropout": dropout}),
-            **({} if augment_dim is None else {"augment_dim": augment_dim})}
+    the weights are the same shapes either way), `augment_dim` its augmentation input (2 for shift labels; 0
+    drops the key, so a network without one has the upstream DDIM keys only, as its card records)."""
+    config = {**DIGITS_DDPM_CONFIG, **({} if dropout is None else {"dropout": dropout})}
+    if augment_dim == 0:
+        config.pop("augment_dim", None)
+    elif augment_dim is not None:
+        config["augment_dim"] = augment_dim
+    return config
 
 
 def build_digits_ddpm(dropout: float | None = None, augment_dim: int | None = None) -> nn.Module:

@@ -244,8 +244,6 @@ def reproduce_digits_ddpm(steps: int = SHIPPED_RECIPE["steps"], seed: int = 0, d
                   f"(batch {settings['batch_size']}, {torch.get_num_threads()} torch threads)", highlight=False)
     shifts = recipe.get("shift_probability", SHIPPED_RECIPE["shift_probability"])
     config = digits_ddpm_config(recipe.get("dropout", SHIPPED_RECIPE["dropout"]), SHIFT_AUGMENT_DIM if shifts else 0)
-    if not config["augment_dim"]:  # the network the weights fit; cards without shifts keep the upstream keys only
-        del config["augment_dim"]
     card = {"architecture": "ddpm", "config": config, "schedule": DIGITS_SCHEDULE_SPEC,
             "model_type": "noise", "time_input": "integer step n in [0, 999]; t_n = (n+1)/1000 (time_map='discrete')",
             "weights": "EMA", **settings, "final_loss_last_500_steps": round(result.final_loss(500), 5),
