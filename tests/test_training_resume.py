@@ -1,5 +1,7 @@
 """An interrupted training run resumes to the same weights as an uninterrupted one."""
 
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
@@ -23,13 +25,25 @@ class TinyNet(nn.Module):
         return self.out(self.drop(torch.relu(self.inp(x) + self.time(n)[:, :, None, None])))
 
 
+class LabelledTinyNet(TinyNet):
+    """TinyNet with an augmentation-label input, as the shipped digits U-Net has for its shifts."""
+
+    def __init__(self):
+        super().__init__()
+        self.labels = nn.Linear(2, 8, bias=False)
+
+    def forward(self, x, n, augment_labels=None):
+        h = self.inp(x) + self.time(n)[:, :, None, None] + self.labels(augment_labels)[:, :, None, None]
+        return self.out(self.drop(torch.relu(h)))
+
+
 class Interrupt(Exception):
     pass
 
 
-def run(steps, state_path=None, stop_at=None, run_info=None, lambda_share=0.5, model=None, device="cpu"):
+def run(steps, state_path=None, stop_at=None, run_info=None, lambda_share=0.5, model=None, device="cpu", shifts=False):
     torch.manual_seed(0)
-    model = model or TinyNet()
+    model = model or (LabelledTinyNet() if shifts else TinyNet())
 
     def stop(step, weights):
         if step == stop_at:
@@ -39,17 +53,19 @@ def run(steps, state_path=None, stop_at=None, run_info=None, lambda_share=0.5, m
     return train_noise_predictor(model, images, digits.digits_schedule(), steps=steps, batch_size=32, warmup_steps=3,
                                  lr_decay="cosine", lambda_share=lambda_share, data_transform=digits.dequantise, seed=1,
                                  progress=False, log_every=4 if stop_at else 0, snapshot=stop, state_path=state_path,
-                                 state_every=4, run=run_info or {"what": "test"}, device=device)
+                                 state_every=4, run=run_info or {"what": "test"}, device=device,
+                                 augmentation=partial(digits.shift_augment, probability=0.5) if shifts else None)
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
-    straight = run(14)  # 14 steps of batch 32 over 100 images: crosses epochs, so the batch order is resumed too
+@pytest.mark.parametrize("shifts", [False, True], ids=["plain", "shift-augmented"])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, shifts):
+    straight = run(14, shifts=shifts)  # 14 steps of batch 32 over 100 images: crosses epochs, so the batch order is resumed too
     state = tmp_path / "state.pt"
     with pytest.raises(Interrupt):
-        run(14, state_path=state, stop_at=8)
+        run(14, state_path=state, stop_at=8, shifts=shifts)
     assert state.is_file()
     torch.manual_seed(123)  # a fresh process: the global RNG is not where the interrupted run left it
-    resumed = run(14, state_path=state)
+    resumed = run(14, state_path=state, shifts=shifts)
     assert resumed.resumed_from == [8] and straight.resumed_from == []
     assert resumed.losses == straight.losses
     assert resumed.ema_state_dict.keys() == straight.ema_state_dict.keys()
